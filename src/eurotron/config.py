@@ -1,0 +1,298 @@
+"""Structured config schema for every eurotron app, registered in Hydra's ConfigStore.
+
+The dataclasses here are the single source of truth for which keys exist and what type they have:
+Hydra composes the YAML tree in ``configs/`` on top of them, so a misspelt key or a wrong type fails
+at composition. ``validate_train_config`` then checks what types cannot express (divisibility,
+limits, consistency between groups) before any work starts, and names the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key, the value and the fix."""
+
+
+# --------------------------------------------------------------------------------------------- model
+@dataclass
+class RopeScalingConfig:
+    # "none" or "llama3" (Llama-3.1 frequency-dependent scaling, also used by Apertus).
+    type: str = "none"
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    # Hugging Face family the checkpoint maps to: llama | mistral | apertus.
+    family: str = "llama"
+    vocab_size: int = 8192
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    # None means hidden_size // num_heads.
+    head_dim: Optional[int] = None
+    ffn_hidden_size: int = 704
+    # swiglu: gated SiLU MLP (Llama, Mistral); xielu: ungated MLP with xIELU activation (Apertus).
+    mlp: str = "swiglu"
+    qk_norm: bool = False
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScalingConfig = field(default_factory=RopeScalingConfig)
+    # Longest sequence RoPE is set up for (HF max_position_embeddings).
+    max_seq_len: int = 2048
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+    # Packed sequences: attention stays within each document (positions restart per document).
+    document_masking: bool = True
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
+
+
+# ------------------------------------------------------------------------------------------ parallel
+@dataclass
+class ParallelConfig:
+    # Mesh dims, ordered ("pp", "dp_replicate", "dp_shard", "tp") as Megatron orders ranks.
+    tp: int = 1
+    pp: int = 1
+    dp_shard: int = 1
+    dp_replicate: int = 1
+    sequence_parallel: bool = False
+    # Data-parallel engine: fsdp (FSDP2 fully_shard; HSDP when dp_replicate > 1) or ddp.
+    dp_engine: str = "fsdp"
+    pp_schedule: str = "1f1b"
+    pp_virtual_stages: int = 1
+    # Explicit layers per (virtual) stage; empty means an even split.
+    pp_layers_per_stage: List[int] = field(default_factory=list)
+    # none | full | selective (every `activation_checkpoint_every`-th layer).
+    activation_checkpoint: str = "none"
+    activation_checkpoint_every: int = 2
+    compile: bool = False
+
+    @property
+    def world_size(self) -> int:
+        return self.pp * self.dp_replicate * self.dp_shard * self.tp
+
+    @property
+    def dp(self) -> int:
+        return self.dp_replicate * self.dp_shard
+
+
+# ---------------------------------------------------------------------------------------------- data
+@dataclass
+class DataConfig:
+    # Directory written by eurotron-prepare (manifest.json + shards).
+    path: str = MISSING
+    seq_len: int = 256
+    # Sequences per optimizer step, over all data-parallel ranks.
+    global_batch_size: int = 8
+    # Sequences per forward pass on one rank.
+    micro_batch_size: int = 2
+    seed: int = 1234
+    # Shuffle documents and samples each epoch (off keeps corpus order, for debugging).
+    shuffle: bool = True
+
+
+# ---------------------------------------------------------------------------------------------- loss
+@dataclass
+class LossConfig:
+    # standard | goldfish
+    name: str = "standard"
+    k: int = 50
+    h: int = 50
+    # hash | static
+    strategy: str = "hash"
+    start: int = 0
+
+
+# --------------------------------------------------------------------------------------------- optim
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 3e-4
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    # Clip the global gradient norm to this value; 0 disables clipping.
+    grad_clip: float = 1.0
+    # auto: fused kernels where the device has them, else foreach.
+    implementation: str = "auto"
+
+
+@dataclass
+class SchedulerConfig:
+    # cosine (warmup + cosine decay), wsd (warmup-stable-decay), constant (warmup then flat)
+    name: str = "cosine"
+    warmup_steps: int = 10
+    # Final lr as a fraction of optim.lr.
+    min_lr_ratio: float = 0.1
+    # WSD: fraction of the run spent in the final cooldown.
+    decay_fraction: float = 0.2
+    # WSD cooldown shape: 1-sqrt (Apertus) or linear.
+    decay_shape: str = "1-sqrt"
+
+
+# ------------------------------------------------------------------------------------------- logging
+@dataclass
+class WandbConfig:
+    # auto: online if WANDB_API_KEY is set, otherwise offline (compute nodes have no internet).
+    mode: str = "auto"
+    project: str = "eurotron"
+    entity: Optional[str] = None
+
+
+@dataclass
+class LoggingConfig:
+    log_every: int = 1
+    console: bool = True
+    wandb: bool = False
+    wandb_settings: WandbConfig = field(default_factory=WandbConfig)
+    plot_loss_curve: bool = True
+
+
+# ------------------------------------------------------------------------------------------- cluster
+@dataclass
+class ClusterConfig:
+    name: str = "local"
+    # auto | cpu | cuda
+    device: str = "auto"
+    # auto picks nccl on GPUs (RCCL on ROCm) and gloo on CPU.
+    backend: str = "auto"
+    # Peak dense bf16 FLOP/s of one accelerator (fp32 on CPU), for MFU.
+    peak_flops: float = 1.9e11
+    gpus_per_node: int = 0
+    cpu_threads: int = 0
+
+
+# --------------------------------------------------------------------------------------------- train
+@dataclass
+class CheckpointConfig:
+    every: int = 100
+    keep_last: int = 3
+    # auto: resume from <run_dir>/checkpoints/latest when it exists; never: start fresh.
+    resume: str = "auto"
+    save_final: bool = True
+
+
+@dataclass
+class EvalConfig:
+    every: int = 50
+    batches: int = 4
+
+
+@dataclass
+class TrainingConfig:
+    steps: int = 100
+    seed: int = 42
+    # auto: bf16 autocast where the device supports it, fp32 on CPU.
+    precision: str = "auto"
+    # Stop after this many steps of this invocation (for tests and preemption drills); 0 = off.
+    stop_after: int = 0
+
+
+@dataclass
+class GenerateConfig:
+    prompt: str = "Europe"
+    max_new_tokens: int = 40
+    # greedy | top_p
+    strategy: str = "greedy"
+    temperature: float = 1.0
+    top_p: float = 0.9
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    name: str = "run"
+    run_dir: str = "runs/${name}"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    train: TrainingConfig = field(default_factory=TrainingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+
+# ------------------------------------------------------------------------------------------- prepare
+@dataclass
+class SourceConfig:
+    # jsonl | parquet | hf (a `datasets` name or local path) | demo (the corpus shipped with eurotron)
+    type: str = "demo"
+    path: Optional[str] = None
+    # For type=hf: dataset config name and split.
+    name: Optional[str] = None
+    split: str = "train"
+    text_field: str = "text"
+
+
+@dataclass
+class TokenizerConfig:
+    # sentencepiece: train one on the corpus; hf: load an existing Hugging Face tokenizer directory.
+    type: str = "sentencepiece"
+    path: Optional[str] = None
+    vocab_size: int = 8192
+    # SentencePiece model type: bpe | unigram.
+    model_type: str = "bpe"
+    # Cap on characters fed to the trainer, so tokenizer training stays bounded on huge corpora.
+    max_training_chars: int = 50_000_000
+
+
+@dataclass
+class PrepareConfig:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    output_dir: str = "data/demo"
+    # Tokens per shard file before a new one is started.
+    shard_tokens: int = 50_000_000
+    # Every n-th document goes to the held-out split (0 = no held-out split).
+    eval_every_nth_document: int = 20
+    overwrite: bool = False
+
+
+_REGISTERED = False
+
+
+def register_configs() -> None:
+    """Register the schemas so YAML files can extend them (idempotent)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="prepare_schema", node=PrepareConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="parallel", name="parallel_schema", node=ParallelConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)
+    cs.store(group="loss", name="loss_schema", node=LossConfig)
+    cs.store(group="optim", name="optim_schema", node=OptimConfig)
+    cs.store(group="scheduler", name="scheduler_schema", node=SchedulerConfig)
+    cs.store(group="logging", name="logging_schema", node=LoggingConfig)
+    cs.store(group="cluster", name="cluster_schema", node=ClusterConfig)
+    _REGISTERED = True
+
+
+def to_object(cfg: DictConfig | Any, schema: type = TrainConfig) -> Any:
+    """Turn a composed DictConfig into typed dataclasses (merging onto the schema first)."""
+    if isinstance(cfg, schema):
+        return cfg
+    merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+    return OmegaConf.to_object(merged)
