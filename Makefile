@@ -1,0 +1,32 @@
+# The README's two commands: `make demo` and `make test`. Each creates .venv when missing and
+# installs torch==$(TORCH_VERSION) first (a CPU wheel here), then eurotron, so nothing upgrades torch.
+TORCH_VERSION ?= 2.13.0
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.eurotron-installed-$(TORCH_VERSION)
+PYTEST_ARGS ?=
+DEMO_RUN ?= runs/demo
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+# prepare data → train the tiny model on CPU → checkpoint → generate text
+demo: $(STAMP)
+	$(BIN)/eurotron-prepare overwrite=true
+	rm -rf $(DEMO_RUN)
+	$(BIN)/eurotron-train experiment=demo run_dir=$(DEMO_RUN)
+	$(BIN)/eurotron-generate $(DEMO_RUN) --prompt "Die Bibliothek" --prompt "La ville" --prompt "The railway"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs data/demo

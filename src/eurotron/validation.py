@@ -1,0 +1,239 @@
+"""Semantic checks of a composed config, run before any process group or file is touched.
+
+Types and key names are already enforced by the structured schema in ``config.py``; this module
+checks what types cannot: divisibility, limits and consistency between groups. Every problem is
+reported at once, each line naming the key, its value and the fix.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, List, Optional
+
+from .config import ConfigError, TrainConfig
+
+MODEL_FAMILIES = ("llama", "mistral", "apertus")
+MLP_KINDS = ("swiglu", "xielu")
+ROPE_SCALINGS = ("none", "llama3")
+PP_SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b", "looped_bfs", "interleaved_zb", "zbv_zero_bubble", "dualpipev")
+# Schedules that run several (virtual) stages per rank.
+MULTI_STAGE_SCHEDULES = ("interleaved_1f1b", "looped_bfs", "interleaved_zb", "zbv_zero_bubble", "dualpipev")
+DP_ENGINES = ("fsdp", "ddp")
+AC_MODES = ("none", "full", "selective")
+LOSSES = ("standard", "goldfish")
+GOLDFISH_STRATEGIES = ("hash", "static")
+OPTIMIZERS = ("adamw",)
+OPTIM_IMPLEMENTATIONS = ("auto", "fused", "foreach", "single_tensor")
+SCHEDULERS = ("cosine", "wsd", "constant")
+DECAY_SHAPES = ("1-sqrt", "linear", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("auto", "gloo", "nccl")
+RESUME_MODES = ("auto", "never")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+GENERATION_STRATEGIES = ("greedy", "top_p")
+
+
+class _Problems:
+    """Collects problems so a user fixes all of them in one go."""
+
+    def __init__(self) -> None:
+        self.lines: List[str] = []
+
+    def add(self, key: str, value: object, fix: str) -> None:
+        self.lines.append(f"{key}={value!r}: {fix}")
+
+    def choice(self, key: str, value: str, allowed: Iterable[str]) -> None:
+        allowed = tuple(allowed)
+        if value not in allowed:
+            self.add(key, value, f"must be one of {', '.join(allowed)}")
+
+    def positive(self, key: str, value: float, *, allow_zero: bool = False) -> bool:
+        ok = value >= 0 if allow_zero else value > 0
+        if not ok:
+            self.add(key, value, "must be " + ("zero or positive" if allow_zero else "positive"))
+        return ok
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            raise ConfigError("invalid config:\n  " + "\n  ".join(self.lines))
+
+
+def _check_model(cfg: TrainConfig, p: _Problems) -> None:
+    m = cfg.model
+    p.choice("model.family", m.family, MODEL_FAMILIES)
+    p.choice("model.mlp", m.mlp, MLP_KINDS)
+    p.choice("model.rope_scaling.type", m.rope_scaling.type, ROPE_SCALINGS)
+    sizes_ok = all(
+        [
+            p.positive("model.vocab_size", m.vocab_size),
+            p.positive("model.hidden_size", m.hidden_size),
+            p.positive("model.num_layers", m.num_layers),
+            p.positive("model.num_heads", m.num_heads),
+            p.positive("model.num_kv_heads", m.num_kv_heads),
+            p.positive("model.ffn_hidden_size", m.ffn_hidden_size),
+            p.positive("model.max_seq_len", m.max_seq_len),
+        ]
+    )
+    p.positive("model.norm_eps", m.norm_eps)
+    p.positive("model.rope_theta", m.rope_theta)
+    p.positive("model.init_std", m.init_std)
+    if not sizes_ok:
+        return
+    if m.num_heads % m.num_kv_heads:
+        p.add("model.num_kv_heads", m.num_kv_heads,
+              f"must divide model.num_heads={m.num_heads} so query heads share KV heads evenly "
+              f"(divisors: {_divisors(m.num_heads)})")
+    if m.head_dim is None and m.hidden_size % m.num_heads:
+        p.add("model.hidden_size", m.hidden_size,
+              f"must be divisible by model.num_heads={m.num_heads}, or set model.head_dim explicitly")
+    head_dim = m.resolved_head_dim
+    if head_dim <= 0 or head_dim % 2:
+        p.add("model.head_dim", head_dim, "must be a positive even number (RoPE rotates pairs of channels)")
+    if m.rope_scaling.type == "llama3":
+        rs = m.rope_scaling
+        if rs.factor < 1:
+            p.add("model.rope_scaling.factor", rs.factor, "must be >= 1")
+        if rs.high_freq_factor <= rs.low_freq_factor:
+            p.add("model.rope_scaling.high_freq_factor", rs.high_freq_factor,
+                  f"must exceed model.rope_scaling.low_freq_factor={rs.low_freq_factor}")
+        p.positive("model.rope_scaling.original_max_position_embeddings", rs.original_max_position_embeddings)
+
+
+def _check_parallel(cfg: TrainConfig, p: _Problems) -> None:
+    par, m = cfg.parallel, cfg.model
+    dims_ok = all(
+        p.positive(f"parallel.{k}", getattr(par, k))
+        for k in ("tp", "pp", "dp_shard", "dp_replicate", "pp_virtual_stages", "activation_checkpoint_every")
+    )
+    p.choice("parallel.dp_engine", par.dp_engine, DP_ENGINES)
+    p.choice("parallel.pp_schedule", par.pp_schedule, PP_SCHEDULES)
+    p.choice("parallel.activation_checkpoint", par.activation_checkpoint, AC_MODES)
+    if not dims_ok or m.num_heads <= 0 or m.num_kv_heads <= 0:
+        return
+    for key, value in (("model.num_heads", m.num_heads), ("model.num_kv_heads", m.num_kv_heads),
+                       ("model.ffn_hidden_size", m.ffn_hidden_size), ("model.vocab_size", m.vocab_size)):
+        if value % par.tp:
+            p.add("parallel.tp", par.tp, f"must divide {key}={value} (each TP rank holds an equal share)")
+    if par.sequence_parallel and par.tp == 1:
+        p.add("parallel.sequence_parallel", True, "needs parallel.tp > 1 (it shards activations over the TP group)")
+    if par.dp_engine == "ddp" and par.dp_shard > 1:
+        p.add("parallel.dp_shard", par.dp_shard,
+              "DDP replicates, it does not shard: use parallel.dp_replicate for DDP or set parallel.dp_engine=fsdp")
+    stages = par.pp * par.pp_virtual_stages
+    if par.pp_virtual_stages > 1 and par.pp_schedule not in MULTI_STAGE_SCHEDULES:
+        p.add("parallel.pp_schedule", par.pp_schedule,
+              f"runs one stage per rank; with parallel.pp_virtual_stages={par.pp_virtual_stages} "
+              f"use one of {', '.join(MULTI_STAGE_SCHEDULES)}")
+    if par.pp_schedule in ("zbv_zero_bubble", "dualpipev") and par.pp > 1 and par.pp_virtual_stages != 2:
+        p.add("parallel.pp_virtual_stages", par.pp_virtual_stages, f"{par.pp_schedule} needs exactly 2 stages per rank")
+    if par.pp_layers_per_stage:
+        if len(par.pp_layers_per_stage) != stages:
+            p.add("parallel.pp_layers_per_stage", list(par.pp_layers_per_stage),
+                  f"needs one entry per stage: pp*pp_virtual_stages={stages} entries")
+        elif sum(par.pp_layers_per_stage) != m.num_layers or min(par.pp_layers_per_stage) < 1:
+            p.add("parallel.pp_layers_per_stage", list(par.pp_layers_per_stage),
+                  f"entries must be >= 1 and sum to model.num_layers={m.num_layers}")
+    elif m.num_layers > 0 and m.num_layers < stages:
+        p.add("parallel.pp", par.pp,
+              f"pp*pp_virtual_stages={stages} stages but model.num_layers={m.num_layers}: every stage needs a layer")
+
+
+def _check_data(cfg: TrainConfig, p: _Problems) -> None:
+    d, par = cfg.data, cfg.parallel
+    if not d.path or d.path == "???":
+        p.add("data.path", d.path, "set it to a directory written by eurotron-prepare")
+    ok = p.positive("data.seq_len", d.seq_len)
+    ok = p.positive("data.global_batch_size", d.global_batch_size) and ok
+    ok = p.positive("data.micro_batch_size", d.micro_batch_size) and ok
+    if not ok:
+        return
+    if d.seq_len > cfg.model.max_seq_len > 0:
+        p.add("data.seq_len", d.seq_len,
+              f"exceeds model.max_seq_len={cfg.model.max_seq_len} (the RoPE limit); lower data.seq_len "
+              f"or raise model.max_seq_len")
+    dp = max(par.dp, 1)
+    per_step = d.micro_batch_size * dp
+    if d.global_batch_size % per_step:
+        p.add("data.global_batch_size", d.global_batch_size,
+              f"must be a multiple of data.micro_batch_size x data-parallel size = {d.micro_batch_size} x {dp} "
+              f"= {per_step}")
+    elif par.pp > 1 and par.pp > 0 and d.global_batch_size // per_step < par.pp:
+        p.add("data.global_batch_size", d.global_batch_size,
+              f"gives {d.global_batch_size // per_step} micro-batches per pipeline, fewer than parallel.pp={par.pp}; "
+              f"raise it or lower data.micro_batch_size")
+
+
+def _check_loss_optim_schedule(cfg: TrainConfig, p: _Problems) -> None:
+    p.choice("loss.name", cfg.loss.name, LOSSES)
+    if cfg.loss.name == "goldfish":
+        p.choice("loss.strategy", cfg.loss.strategy, GOLDFISH_STRATEGIES)
+        if cfg.loss.k < 1:
+            p.add("loss.k", cfg.loss.k, "must be >= 1 (one token in k is dropped)")
+        if cfg.loss.h < 1:
+            p.add("loss.h", cfg.loss.h, "must be >= 1 (the hash window length)")
+        if cfg.loss.start < 0:
+            p.add("loss.start", cfg.loss.start, "must be >= 0")
+    o = cfg.optim
+    p.choice("optim.name", o.name, OPTIMIZERS)
+    p.choice("optim.implementation", o.implementation, OPTIM_IMPLEMENTATIONS)
+    p.positive("optim.lr", o.lr)
+    p.positive("optim.eps", o.eps)
+    p.positive("optim.weight_decay", o.weight_decay, allow_zero=True)
+    p.positive("optim.grad_clip", o.grad_clip, allow_zero=True)
+    for key, beta in (("optim.beta1", o.beta1), ("optim.beta2", o.beta2)):
+        if not 0.0 <= beta < 1.0:
+            p.add(key, beta, "must be in [0, 1)")
+    s = cfg.scheduler
+    p.choice("scheduler.name", s.name, SCHEDULERS)
+    p.choice("scheduler.decay_shape", s.decay_shape, DECAY_SHAPES)
+    if p.positive("scheduler.warmup_steps", s.warmup_steps, allow_zero=True) and s.warmup_steps >= cfg.train.steps > 0:
+        p.add("scheduler.warmup_steps", s.warmup_steps, f"must be smaller than train.steps={cfg.train.steps}")
+    if not 0.0 <= s.min_lr_ratio <= 1.0:
+        p.add("scheduler.min_lr_ratio", s.min_lr_ratio, "must be in [0, 1] (a fraction of optim.lr)")
+    if not 0.0 < s.decay_fraction <= 1.0:
+        p.add("scheduler.decay_fraction", s.decay_fraction, "must be in (0, 1] (a fraction of train.steps)")
+
+
+def _check_run(cfg: TrainConfig, p: _Problems) -> None:
+    p.positive("train.steps", cfg.train.steps)
+    p.positive("train.stop_after", cfg.train.stop_after, allow_zero=True)
+    p.choice("train.precision", cfg.train.precision, PRECISIONS)
+    p.positive("checkpoint.every", cfg.checkpoint.every, allow_zero=True)
+    p.positive("checkpoint.keep_last", cfg.checkpoint.keep_last)
+    p.choice("checkpoint.resume", cfg.checkpoint.resume, RESUME_MODES)
+    p.positive("eval.every", cfg.eval.every, allow_zero=True)
+    p.positive("eval.batches", cfg.eval.batches)
+    p.positive("logging.log_every", cfg.logging.log_every)
+    p.choice("logging.wandb_settings.mode", cfg.logging.wandb_settings.mode, WANDB_MODES)
+    p.choice("cluster.device", cfg.cluster.device, DEVICES)
+    p.choice("cluster.backend", cfg.cluster.backend, BACKENDS)
+    p.positive("cluster.peak_flops", cfg.cluster.peak_flops)
+    p.positive("cluster.cpu_threads", cfg.cluster.cpu_threads, allow_zero=True)
+    g = cfg.generate
+    p.choice("generate.strategy", g.strategy, GENERATION_STRATEGIES)
+    p.positive("generate.max_new_tokens", g.max_new_tokens)
+    p.positive("generate.temperature", g.temperature)
+    if not 0.0 < g.top_p <= 1.0:
+        p.add("generate.top_p", g.top_p, "must be in (0, 1]")
+    if not cfg.run_dir:
+        p.add("run_dir", cfg.run_dir, "set a directory for checkpoints and metrics")
+
+
+def validate_train_config(cfg: TrainConfig, world_size: Optional[int] = None) -> None:
+    """Raise ConfigError listing every problem; `world_size` is checked against the mesh when given."""
+    p = _Problems()
+    _check_model(cfg, p)
+    _check_parallel(cfg, p)
+    _check_data(cfg, p)
+    _check_loss_optim_schedule(cfg, p)
+    _check_run(cfg, p)
+    if world_size is not None and world_size != cfg.parallel.world_size:
+        par = cfg.parallel
+        p.add("parallel", f"pp={par.pp} dp_replicate={par.dp_replicate} dp_shard={par.dp_shard} tp={par.tp}",
+              f"the mesh needs pp*dp_replicate*dp_shard*tp={par.world_size} processes but {world_size} were "
+              f"launched; change the layout or launch {par.world_size} processes")
+    p.raise_if_any()
+
+
+def _divisors(n: int) -> List[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
