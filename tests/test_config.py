@@ -74,7 +74,7 @@ SEMANTIC_ERRORS = [
     (["generate.top_p=0"], "generate.top_p=0", "(0, 1]"),
     (["model.mlp=geglu"], "model.mlp='geglu'", "one of"),
     (["model.rope_scaling.type=yarn"], "model.rope_scaling.type='yarn'", "one of"),
-    (["data=custom"], "data.path", "eurotron-prepare"),
+    (["data.path="], "data.path", "eurotron-prepare"),
 ]
 
 
@@ -85,6 +85,11 @@ def test_validation_names_key_and_fix(overrides, key, fix):
         validate_train_config(cfg, world_size=1)
     message = str(err.value)
     assert key in message and fix in message, message
+
+
+def test_required_value_left_unset_is_named():
+    with pytest.raises(ConfigError, match="data.path is required"):
+        compose_train(["data=custom"])
 
 
 def test_all_problems_reported_at_once():

@@ -8,11 +8,13 @@ limits, consistency between groups) before any work starts, and names the bad va
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from .errors import UserError
 
@@ -271,6 +273,13 @@ class PrepareConfig:
 
 
 _REGISTERED = False
+# Nested schemas by class name (fields are annotated as strings under `from __future__ import annotations`).
+_SCHEMAS_BY_NAME = {
+    cls.__name__: cls
+    for cls in (RopeScalingConfig, ModelConfig, ParallelConfig, DataConfig, LossConfig, OptimConfig,
+                SchedulerConfig, WandbConfig, LoggingConfig, ClusterConfig, CheckpointConfig, EvalConfig,
+                TrainingConfig, GenerateConfig, TrainConfig, SourceConfig, TokenizerConfig, PrepareConfig)
+}
 
 
 def register_configs() -> None:
@@ -292,9 +301,28 @@ def register_configs() -> None:
     _REGISTERED = True
 
 
+def _reject_unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> None:
+    """Hydra's `+key=value` can force a key into a structured node; refuse it instead of dropping it."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key in node.keys():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"{dotted}: no such key; valid keys here: {', '.join(sorted(fields))}")
+        child_type = fields[key].type
+        child_schema = _SCHEMAS_BY_NAME.get(child_type if isinstance(child_type, str) else getattr(child_type, "__name__", ""))
+        child = node._get_node(key)
+        if child_schema is not None and isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            _reject_unknown_keys(child, child_schema, dotted + ".")
+
+
 def to_object(cfg: DictConfig | Any, schema: type = TrainConfig) -> Any:
     """Turn a composed DictConfig into typed dataclasses (merging onto the schema first)."""
     if isinstance(cfg, schema):
         return cfg
+    if isinstance(cfg, DictConfig):
+        _reject_unknown_keys(cfg, schema)
     merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
-    return OmegaConf.to_object(merged)
+    try:
+        return OmegaConf.to_object(merged)
+    except MissingMandatoryValue as err:
+        raise ConfigError(f"{err.full_key} is required but not set; pass {err.full_key}=<value>") from None
