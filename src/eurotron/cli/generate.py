@@ -49,7 +49,10 @@ def run(args: argparse.Namespace) -> list:
             eos_id=tokenizer.eos_id,
             seed=g.seed if args.seed is None else args.seed,
         )
-        completion = tokenizer.decode(new[0].tolist())
+        # Decode prompt and completion together so word boundaries (SentencePiece's "▁") survive.
+        full = tokenizer.decode(ids[0].tolist() + new[0].tolist())
+        prefix = tokenizer.decode(ids[0].tolist())
+        completion = full[len(prefix):] if full.startswith(prefix) else tokenizer.decode(new[0].tolist())
         outputs.append(completion)
         print(f"[{ckpt.name}] {prompt}{completion}", flush=True)
     return outputs

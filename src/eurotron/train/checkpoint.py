@@ -17,6 +17,7 @@ import json
 import os
 import random
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -41,6 +42,10 @@ TRAINER_FILE = "trainer.json"
 CONFIG_FILE = "config.yaml"
 SHARDS_DIR = "model_optim"
 TOKENIZER_DIR = "tokenizer"
+
+
+# DCP warns on every single-process save/load; a single process is a supported layout here.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 
 class CheckpointError(UserError, RuntimeError):
