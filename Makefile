@@ -18,12 +18,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-# prepare data → train the tiny model on CPU → checkpoint → generate text
+# prepare data → train the tiny model on CPU → checkpoint → generate text → convert to HF → generate with transformers
 demo: $(STAMP)
 	$(BIN)/eurotron-prepare overwrite=true
 	rm -rf $(DEMO_RUN)
 	$(BIN)/eurotron-train experiment=demo run_dir=$(DEMO_RUN)
 	$(BIN)/eurotron-generate $(DEMO_RUN) --prompt "Die Bibliothek" --prompt "La ville" --prompt "The railway"
+	$(BIN)/eurotron-convert to-hf $(DEMO_RUN) $(DEMO_RUN)/hf
+	$(BIN)/python scripts/hf_generate.py $(DEMO_RUN)/hf --prompt "Die Bibliothek" --prompt "La ville" --prompt "The railway"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

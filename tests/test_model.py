@@ -221,6 +221,20 @@ def test_logits_match_transformers_llama(overrides):
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
+def test_packed_rows_match_transformers_packed_sequence_support():
+    """transformers also reads packed documents from position_ids (when no mask or cache is given)."""
+    model = materialise(tiny_cfg(rope_scaling=LLAMA3_SMALL_CONTEXT), seed=8).eval()
+    hf = hf_twin(model)
+    ids = torch.randint(0, 96, (2, 40), generator=torch.Generator().manual_seed(2))
+    positions = torch.stack([
+        torch.cat([torch.arange(25), torch.arange(15)]),
+        torch.cat([torch.arange(7), torch.arange(30), torch.arange(3)]),
+    ])
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, position_ids=positions, use_cache=False).logits
+        torch.testing.assert_close(model(ids, positions), theirs, rtol=1e-4, atol=1e-5)
+
+
 def test_llama3_scaling_changes_frequencies():
     plain = rope_inv_freq(16, 10000.0)
     scaled = rope_inv_freq(16, 10000.0, LLAMA3_SMALL_CONTEXT)
@@ -270,6 +284,17 @@ def test_document_masking_equals_separate_documents():
         leaked = leaky(packed, positions)
     assert not torch.allclose(leaked[:, 20:], alone_b, atol=1e-3)
     torch.testing.assert_close(leaked[:, :20], alone_a, rtol=1e-5, atol=1e-5)
+
+
+def test_document_masking_blocks_gradients_across_documents():
+    model = materialise(tiny_cfg(), seed=6)
+    embed = model.tok_embeddings
+    model.tok_embeddings = None  # feed hidden states so we can differentiate w.r.t. each position
+    hidden = embed(torch.randint(0, 96, (2, 32))).detach().requires_grad_()
+    positions = torch.cat([torch.arange(20), torch.arange(12)])[None].expand(2, 32)
+    model(hidden, positions)[:, 20:].sum().backward()
+    assert hidden.grad[:, :20].abs().max() == 0  # doc B never looked at doc A
+    assert hidden.grad[:, 20:].abs().min() > 0
 
 
 def test_document_causal_mask_shape_and_fast_path():
@@ -330,6 +355,20 @@ def test_meta_build_to_empty_init_is_finite_and_deterministic():
     scaled = std / math.sqrt(2 * n)
     assert abs(a.layers["0"].feed_forward.w2.weight.std().item() - scaled) < 0.1 * scaled
     assert abs(a.layers["0"].attention.wo.weight.std().item() - scaled) < 0.1 * scaled
+
+
+def test_init_weights_covers_every_parameter():
+    cfg = tiny_cfg(family="apertus", mlp="xielu", qk_norm=True, tie_embeddings=True)
+    model = build_model(cfg, "cpu")
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.fill_(float("nan"))
+    model.init_weights(seed=0)
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        assert torch.isfinite(tensor).all(), name
+    act = model.layers["0"].feed_forward.act
+    torch.testing.assert_close(torch.nn.functional.softplus(act.alpha_p), torch.tensor([0.8]))
+    torch.testing.assert_close(act.beta + torch.nn.functional.softplus(act.alpha_n), torch.tensor([0.8]))
 
 
 def test_init_does_not_depend_on_which_layers_exist():

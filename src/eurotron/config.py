@@ -96,6 +96,14 @@ class ParallelConfig:
 
 # ---------------------------------------------------------------------------------------------- data
 @dataclass
+class BlendSourceConfig:
+    # A directory written by eurotron-prepare; every source of a blend uses the same tokenizer.
+    path: str = MISSING
+    # Relative share of the training samples drawn from this source (normalised over the blend).
+    weight: float = 1.0
+
+
+@dataclass
 class DataConfig:
     # Directory written by eurotron-prepare (manifest.json + shards).
     path: str = MISSING
@@ -107,6 +115,10 @@ class DataConfig:
     seed: int = 1234
     # Shuffle documents and samples each epoch (off keeps corpus order, for debugging).
     shuffle: bool = True
+    # Megatron-style blend: training samples drawn from several prepared datasets by weight,
+    # deterministic and resumable (empty: data.path alone). data.path still names the dataset whose
+    # tokenizer and eval split the run uses.
+    blend: List[BlendSourceConfig] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------- loss
@@ -205,6 +217,9 @@ class TrainingConfig:
     precision: str = "auto"
     # Stop after this many steps of this invocation (for tests and preemption drills); 0 = off.
     stop_after: int = 0
+    # Start from these model weights (a checkpoint dir, e.g. from `eurotron-convert from-hf`) when the run
+    # has no checkpoint to resume; optimizer and schedule start fresh.
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -260,6 +275,77 @@ class TokenizerConfig:
     max_training_chars: int = 50_000_000
 
 
+# Crawlers whose robots.txt groups count as an AI-training opt-out: the list Apertus applied, `*` last.
+AI_CRAWLER_AGENTS = (
+    "AI2Bot", "Applebot-Extended", "Bytespider", "CCBot", "CCBot/2.0", "CCBot/1.0", "ClaudeBot",
+    "cohere-training-data-crawler", "Diffbot", "Meta-ExternalAgent", "Google-Extended", "GPTBot",
+    "PanguBot", "FacebookBot", "*",
+)
+
+
+@dataclass
+class OptOutConfig:
+    # robots.txt: a document is removed when any of `agents` may not fetch its URL.
+    robots: bool = True
+    agents: List[str] = field(default_factory=lambda: list(AI_CRAWLER_AGENTS))
+    # Whether `User-agent: *` groups count: for the agent "*" and for agents without a group of their
+    # own (Apertus: yes). false: only groups that name an agent count.
+    wildcard_group: bool = True
+    # TDMRep: /.well-known/tdmrep.json, then `tdm-reservation` headers, then HTML <meta>.
+    tdmrep: bool = True
+    # What a missing, 4xx, 5xx/unreachable or unparsable robots.txt means: apertus (keep the
+    # documents), rfc9309 (4xx allows, 5xx/unreachable disallows), strict (remove on any doubt).
+    policy: str = "apertus"
+    # Per-case overrides of the policy, keep | remove (null: the policy's choice).
+    on_missing: Optional[str] = None
+    on_4xx: Optional[str] = None
+    on_5xx: Optional[str] = None
+    on_unparsable: Optional[str] = None
+    # A document without a URL, or with one that is not http(s).
+    on_bad_url: Optional[str] = None
+    # A tdmrep.json that is not a JSON array of rules.
+    on_tdmrep_unreadable: Optional[str] = None
+
+
+@dataclass
+class PiiConfig:
+    enabled: bool = True
+    # email | ipv4 | ipv6 | iban (checksum-validated) | phone → <email-pii>, <ip-pii>, <iban-pii>, <phone-pii>
+    kinds: List[str] = field(default_factory=lambda: ["email", "ipv4", "ipv6", "iban", "phone"])
+
+
+@dataclass
+class DedupConfig:
+    # Exact: same text after normalisation (case, Unicode form, whitespace).
+    exact: bool = True
+    # Near: MinHash-LSH over word n-grams; pairs above `threshold` (estimated Jaccard) collide.
+    near: bool = True
+    threshold: float = 0.8
+    num_perm: int = 128
+    shingle_words: int = 5
+
+
+@dataclass
+class FiltersConfig:
+    # The compliance stage of eurotron-prepare: domain lists → opt-out → PII → dedup, with a report.
+    enabled: bool = False
+    # Opt-out snapshot directory (`eurotron-optout fetch`), or "demo" for the one shipped with eurotron.
+    snapshot: Optional[str] = None
+    optout: OptOutConfig = field(default_factory=OptOutConfig)
+    # Files with one domain per line (# comments); a domain covers its subdomains, the most specific wins.
+    block_domains: Optional[str] = None
+    # When set, documents from domains not listed here are removed.
+    allow_domains: Optional[str] = None
+    pii: PiiConfig = field(default_factory=PiiConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    # Record fields the filters and the report read.
+    url_field: str = "url"
+    date_field: str = "date"
+    lang_field: str = "lang"
+    headers_field: str = "headers"
+    html_field: str = "html"
+
+
 @dataclass
 class PrepareConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
@@ -270,6 +356,41 @@ class PrepareConfig:
     # Every n-th document goes to the held-out split (0 = no held-out split).
     eval_every_nth_document: int = 20
     overwrite: bool = False
+    # Filters and the report (off in the schema; configs/prepare.yaml turns them on).
+    filters: FiltersConfig = field(default_factory=FiltersConfig)
+    # Worker processes that parse, filter and tokenize (0: everything in this process).
+    num_workers: int = 0
+    # A malformed record (bad JSON, invalid UTF-8, missing or non-string text): fail (stop, naming
+    # its file and line) or skip (count it per kind in the report and go on).
+    bad_records: str = "fail"
+
+
+@dataclass
+class SummaryProviderConfig:
+    name: str = "[provider name]"
+    contact: str = "[contact address]"
+
+
+@dataclass
+class SummaryModelConfig:
+    name: str = "[model name]"
+    version: str = "[version]"
+    release_date: str = "[date of placement on the EU market]"
+    # The model this one was derived from, if any (fine-tuning, continued pre-training).
+    base_model: Optional[str] = None
+    modalities: List[str] = field(default_factory=lambda: ["text"])
+
+
+@dataclass
+class SummaryConfig:
+    # report.json files written by eurotron-prepare, one per prepared source.
+    reports: List[str] = field(default_factory=list)
+    # Where the Markdown draft goes (null: standard output).
+    output: Optional[str] = None
+    provider: SummaryProviderConfig = field(default_factory=SummaryProviderConfig)
+    model: SummaryModelConfig = field(default_factory=SummaryModelConfig)
+    # How many domains the "most relevant domains" list names per source.
+    top_domains: int = 10
 
 
 _REGISTERED = False
@@ -278,7 +399,9 @@ _SCHEMAS_BY_NAME = {
     cls.__name__: cls
     for cls in (RopeScalingConfig, ModelConfig, ParallelConfig, DataConfig, LossConfig, OptimConfig,
                 SchedulerConfig, WandbConfig, LoggingConfig, ClusterConfig, CheckpointConfig, EvalConfig,
-                TrainingConfig, GenerateConfig, TrainConfig, SourceConfig, TokenizerConfig, PrepareConfig)
+                TrainingConfig, GenerateConfig, TrainConfig, SourceConfig, TokenizerConfig, PrepareConfig,
+                BlendSourceConfig, OptOutConfig, PiiConfig, DedupConfig, FiltersConfig,
+                SummaryProviderConfig, SummaryModelConfig, SummaryConfig)
 }
 
 
@@ -290,6 +413,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="prepare_schema", node=PrepareConfig)
+    cs.store(name="summary_schema", node=SummaryConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="parallel", name="parallel_schema", node=ParallelConfig)
     cs.store(group="data", name="data_schema", node=DataConfig)

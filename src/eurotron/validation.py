@@ -138,10 +138,51 @@ def _check_parallel(cfg: TrainConfig, p: _Problems) -> None:
               f"pp*pp_virtual_stages={stages} stages but model.num_layers={m.num_layers}: every stage needs a layer")
 
 
+# Schedules that split backward into input- and weight-gradient steps (DDP's reducer cannot follow them).
+SPLIT_BACKWARD_SCHEDULES = ("interleaved_zb", "zbv_zero_bubble", "dualpipev")
+
+
+def _check_parallel_composition(cfg: TrainConfig, p: _Problems) -> None:
+    """How the dimensions compose with each other, the device and the batch (issue 3)."""
+    par, d = cfg.parallel, cfg.data
+    if min(par.tp, par.pp, par.dp_shard, par.dp_replicate, par.pp_virtual_stages) < 1:
+        return  # already reported
+    if par.pp == 1 and par.pp_virtual_stages > 1:
+        p.add("parallel.pp_virtual_stages", par.pp_virtual_stages, "needs parallel.pp > 1 (stages per pipeline rank)")
+    if par.sequence_parallel and par.tp > 1 and d.seq_len > 0 and d.seq_len % par.tp:
+        p.add("data.seq_len", d.seq_len,
+              f"must be divisible by parallel.tp={par.tp} with sequence parallelism (each TP rank holds a slice)")
+    if par.dp_engine == "ddp" and par.dp > 1 and par.tp > 1:
+        p.add("parallel.dp_engine", "ddp",
+              "does not compose with tensor parallelism (parallel.tp>1); use parallel.dp_engine=fsdp "
+              "(parallel.dp_replicate alone gives plain replication, as DDP does)")
+    if par.dp_engine == "ddp" and par.dp > 1 and par.pp > 1 and par.pp_schedule in SPLIT_BACKWARD_SCHEDULES:
+        p.add("parallel.pp_schedule", par.pp_schedule,
+              "splits backward into input and weight steps, which DDP cannot synchronise; "
+              "use parallel.dp_engine=fsdp or another schedule")
+    if cfg.cluster.backend == "nccl" and cfg.cluster.device == "cpu":
+        p.add("cluster.backend", "nccl", "needs GPUs; use cluster.backend=gloo (or auto) with cluster.device=cpu")
+    if par.pp > 1 and d.micro_batch_size > 0 and d.global_batch_size > 0:
+        n_micro = d.global_batch_size // max(d.micro_batch_size * par.dp, 1)
+        if n_micro < 1:
+            return
+        if par.pp_schedule == "dualpipev" and n_micro < 2 * par.pp:
+            p.add("data.global_batch_size", d.global_batch_size,
+                  f"gives {n_micro} micro-batches per pipeline; dualpipev needs at least one per stage "
+                  f"(2 x parallel.pp = {2 * par.pp})")
+        if par.pp_schedule in ("interleaved_1f1b", "interleaved_zb"):
+            rounds = max(1, n_micro // par.pp)
+            if n_micro % rounds:
+                p.add("data.global_batch_size", d.global_batch_size,
+                      f"gives {n_micro} micro-batches per pipeline; {par.pp_schedule} needs a multiple of "
+                      f"{rounds} (rounds of parallel.pp={par.pp}); a multiple of parallel.pp always works")
+
+
 def _check_data(cfg: TrainConfig, p: _Problems) -> None:
     d, par = cfg.data, cfg.parallel
     if not d.path or d.path == "???":
         p.add("data.path", d.path, "set it to a directory written by eurotron-prepare")
+    _check_blend(d.blend, p)
     ok = p.positive("data.seq_len", d.seq_len)
     ok = p.positive("data.global_batch_size", d.global_batch_size) and ok
     ok = p.positive("data.micro_batch_size", d.micro_batch_size) and ok
@@ -161,6 +202,19 @@ def _check_data(cfg: TrainConfig, p: _Problems) -> None:
         p.add("data.global_batch_size", d.global_batch_size,
               f"gives {d.global_batch_size // per_step} micro-batches per pipeline, fewer than parallel.pp={par.pp}; "
               f"raise it or lower data.micro_batch_size")
+
+
+def _check_blend(blend, p: _Problems) -> None:
+    """data.blend: every source names a prepared dataset once, with a positive finite weight."""
+    seen = set()
+    for i, source in enumerate(blend):
+        if not source.path or source.path == "???":
+            p.add(f"data.blend[{i}].path", source.path, "set it to a directory written by eurotron-prepare")
+        elif source.path in seen:
+            p.add(f"data.blend[{i}].path", source.path, "appears twice in data.blend; give it one entry and add up its weights")
+        seen.add(source.path)
+        if not (source.weight > 0 and source.weight != float("inf")):
+            p.add(f"data.blend[{i}].weight", source.weight, "must be a positive, finite number (a relative share)")
 
 
 def _check_loss_optim_schedule(cfg: TrainConfig, p: _Problems) -> None:
@@ -224,6 +278,7 @@ def validate_train_config(cfg: TrainConfig, world_size: Optional[int] = None) ->
     p = _Problems()
     _check_model(cfg, p)
     _check_parallel(cfg, p)
+    _check_parallel_composition(cfg, p)
     _check_data(cfg, p)
     _check_loss_optim_schedule(cfg, p)
     _check_run(cfg, p)

@@ -9,6 +9,15 @@ Layout of one checkpoint, `<run_dir>/checkpoints/step_<N>/`:
   tokenizer/     the tokenizer the data was prepared with
 Everything is written into `.tmp_step_<N>` and renamed into place; `latest` is updated last, so a
 crash mid-save never leaves a checkpoint that looks complete.
+
+Layout independence: every rank contributes the DTensor shards (TP, FSDP) or replicas it holds, under
+the whole model's FQNs (a pipeline stage holds a subset of them; several stages on one rank are
+merged). The optimizer state is saved *flattened* (``state.<fqn>.exp_avg``, ``param_groups.<fqn>.lr``),
+so it is keyed per parameter rather than by the position of parameters in param groups, which differ
+between layouts. A tied embedding is one parameter in a single stage but two copies under PP (the
+first stage's ``tok_embeddings.weight``, the last's ``output.weight``); its optimizer state is always
+stored under ``tok_embeddings.weight`` so any layout finds it. Loading asks DCP for exactly the shards
+the new layout holds and DCP reads them from whatever files hold them.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import random
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -42,6 +51,13 @@ TRAINER_FILE = "trainer.json"
 CONFIG_FILE = "config.yaml"
 SHARDS_DIR = "model_optim"
 TOKENIZER_DIR = "tokenizer"
+
+
+Parts = Union[torch.nn.Module, Sequence[torch.nn.Module]]
+Optimizers = Union[torch.optim.Optimizer, Sequence[torch.optim.Optimizer], None]
+FLAT_OPTIM = StateDictOptions(flatten_optimizer_state_dict=True)
+# The tied output projection's optimizer state is stored under the embedding's name (see above).
+_TIED_COPY, _TIED_CANONICAL = "output.weight.", "tok_embeddings.weight."
 
 
 # DCP warns on every single-process save/load; a single process is a supported layout here.
@@ -102,6 +118,41 @@ def resolve_checkpoint(path: Path) -> Path:
     raise CheckpointError(f"no eurotron checkpoint at {path}: expected a run dir, its checkpoints/ or a step_* dir")
 
 
+def _as_list(items: Any) -> List[Any]:
+    if items is None:
+        return []
+    return [items] if isinstance(items, (torch.nn.Module, torch.optim.Optimizer)) else list(items)
+
+
+def _is_tied(part: torch.nn.Module) -> bool:
+    inner = getattr(part, "module", part)  # DDP keeps the model in .module
+    cfg = getattr(inner, "cfg", None)
+    return bool(getattr(cfg, "tie_embeddings", False))
+
+
+def _rename_tied(state: Dict[str, Any], part: torch.nn.Module, to_canonical: bool) -> Dict[str, Any]:
+    """Flattened optimizer keys of a tied output copy <-> the embedding's keys."""
+    if not _is_tied(part):
+        return state
+    src, dst = (_TIED_COPY, _TIED_CANONICAL) if to_canonical else (_TIED_CANONICAL, _TIED_COPY)
+    renamed = {}
+    for key, value in state.items():
+        section, _, rest = key.partition(".")
+        if rest.startswith(src) and (to_canonical or not _has_embedding(part)):
+            key = f"{section}.{dst}{rest[len(src):]}"
+        renamed[key] = value
+    return renamed
+
+
+def _has_embedding(part: torch.nn.Module) -> bool:
+    return getattr(getattr(part, "module", part), "tok_embeddings", None) is not None
+
+
+def optimizer_state(part: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
+    """The flattened, layout-independent optimizer state of one model part."""
+    return _rename_tied(get_optimizer_state_dict(part, optimizer, options=FLAT_OPTIM), part, to_canonical=True)
+
+
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -115,8 +166,9 @@ class CheckpointManager:
         # Copied into every checkpoint so one step directory is enough to generate or convert.
         self.tokenizer_dir = tokenizer_dir
 
-    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    def save(self, step: int, model: Parts, optimizer: Optimizers,
              trainer_state: Dict[str, Any], config_yaml: str) -> Path:
+        """Write one checkpoint (collective: every rank calls it with the model parts it holds)."""
         final = step_dir(self.root, step)
         tmp = self.root / f".tmp_{final.name}"
         if is_main_process():
@@ -125,10 +177,11 @@ class CheckpointManager:
             tmp.mkdir()
             (tmp / "rng").mkdir()
         barrier()
-        state = {
-            "model": get_model_state_dict(model),
-            "optim": get_optimizer_state_dict(model, optimizer),
-        }
+        parts, optimizers = _as_list(model), _as_list(optimizer)
+        state: Dict[str, Any] = {"model": {}, "optim": {}}
+        for part, opt in zip(parts, optimizers):
+            state["model"].update(get_model_state_dict(part))
+            state["optim"].update(optimizer_state(part, opt))
         dcp.save(state, checkpoint_id=str(tmp / SHARDS_DIR))
         torch.save(rng_state(), tmp / "rng" / f"rank_{_rank()}.pt")
         barrier()
@@ -151,19 +204,25 @@ class CheckpointManager:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer]) -> Dict[str, Any]:
-    """Load model (and optimizer) state into the live objects; returns trainer.json's contents."""
+def load_checkpoint(path: Path, model: Parts, optimizer: Optimizers) -> Dict[str, Any]:
+    """Load model (and optimizer) state into the live objects, whatever layout wrote the checkpoint;
+    returns trainer.json's contents. ``model``/``optimizer``: one, or this rank's parts (one optimizer
+    per part). Collective under a process group; every rank holds the same number of parts."""
     path = Path(path)
     trainer_file = path / TRAINER_FILE
     if not trainer_file.exists():
         raise CheckpointError(f"{path} is not a complete checkpoint (no {TRAINER_FILE})")
-    state: Dict[str, Any] = {"model": get_model_state_dict(model)}
-    if optimizer is not None:
-        state["optim"] = get_optimizer_state_dict(model, optimizer)
-    dcp.load(state, checkpoint_id=str(path / SHARDS_DIR))
-    set_model_state_dict(model, state["model"], options=StateDictOptions(strict=True))
-    if optimizer is not None:
-        set_optimizer_state_dict(model, optimizer, state["optim"])
+    parts, optimizers = _as_list(model), _as_list(optimizer)
+    for i, part in enumerate(parts):
+        opt = optimizers[i] if optimizers else None
+        state: Dict[str, Any] = {"model": get_model_state_dict(part)}
+        if opt is not None:
+            state["optim"] = optimizer_state(part, opt)
+        dcp.load(state, checkpoint_id=str(path / SHARDS_DIR))
+        set_model_state_dict(part, state["model"], options=StateDictOptions(strict=True))
+        if opt is not None:
+            restored = _rename_tied(state["optim"], part, to_canonical=False)
+            set_optimizer_state_dict(part, opt, restored, options=FLAT_OPTIM)
     rng_file = path / "rng" / f"rank_{_rank()}.pt"
     if rng_file.exists():
         set_rng_state(torch.load(rng_file, weights_only=False))

@@ -1,13 +1,15 @@
 """The training loop: data → forward/backward over micro-batches → clip → AdamW → log → checkpoint.
 
 Reads top to bottom like nanoGPT's step. Parallelism is applied to the model before it reaches the
-trainer (DESIGN.md principle 1); the trainer only knows the data-parallel group for its batch slice
-and the global kept-token count.
+trainer (DESIGN.md principle 1): ``parallel.parallelize`` returns this rank's model parts (pipeline
+stages, TP/FSDP-sharded) and runs their forward/backward; the trainer only knows the data-parallel
+group for its batch slice and the global kept-token count. The loss rule is the same for every layout:
+each rank back-propagates ``sum of its kept-token losses * dp_size / global kept tokens`` (DP averaging
+divides by dp_size again), so the gradient is that of the mean over the kept tokens of the global batch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -19,9 +21,13 @@ import torch
 import torch.distributed as dist
 
 from ..config import ConfigError, TrainConfig
+from ..data.goldfish import build_batch_transform, dropped_fraction_record
 from ..data.loader import BatchLoader, TokenDataset
-from ..model import build_model, model_flops_per_token
+from ..model import build_model, count_parameters, model_flops_per_token
 from ..parallel.env import ProcessEnv, is_main_process, process_env, select_device
+from ..parallel.layout import format_layout, gather_counts
+from ..parallel.mesh import build_mesh, init_distributed, resolve_backend
+from ..parallel.parallelize import parallelize
 from .checkpoint import CheckpointManager, latest_checkpoint, load_checkpoint
 from .loss import summed_cross_entropy
 from .metrics import MetricsLogger
@@ -29,20 +35,6 @@ from .optim import build_optimizer
 from .schedule import build_scheduler
 
 RESOLVED_CONFIG = "config.yaml"
-
-
-def autocast_context(precision: str, device: torch.device):
-    """bf16 autocast where the device has it (precision=auto on GPUs); fp32 otherwise."""
-    use_bf16 = precision == "bf16" or (
-        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    )
-    if use_bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _to_device(batch: Dict[str, torch.Tensor], device: torch.device) -> Dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 class Trainer:
@@ -54,17 +46,25 @@ class Trainer:
         self.device = select_device(cfg.cluster.device, self.env.local_rank)
         if cfg.cluster.cpu_threads:
             torch.set_num_threads(cfg.cluster.cpu_threads)
+        if cfg.parallel.world_size != self.env.world_size:  # before any process group starts
+            raise ConfigError(
+                f"parallel: the layout needs pp*dp_replicate*dp_shard*tp={cfg.parallel.world_size} processes "
+                f"but {self.env.world_size} were launched; change the layout or the launch"
+            )
+        init_distributed(self.env, self.device, cfg.cluster.backend)
+        self.pmesh = build_mesh(cfg.parallel, self.device)
         # Data-parallel coordinates; a single process is DP rank 0 of 1.
-        self.dp_rank, self.dp_size, self.dp_group = 0, 1, None
+        self.dp_rank, self.dp_size, self.dp_group = self.pmesh.dp_rank, self.pmesh.dp_size, self.pmesh.dp_group
 
         self.dataset = TokenDataset(cfg.data.path, "train")
         self._check_vocab()
         torch.manual_seed(cfg.train.seed)
-        self.model = build_model(cfg.model, device="meta")
-        self.model.to_empty(device=self.device)
-        self.model.init_weights(seed=cfg.train.seed)
-        self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
-        self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, cfg.train.steps)
+        # This rank's parts of the model: one, or one per local pipeline stage; one optimizer each.
+        self.parallel = parallelize(cfg, self.pmesh, self.device, seed=cfg.train.seed)
+        self.model_parts = self.parallel.parts
+        self.optimizers = [build_optimizer(part, cfg.optim, self.device) for part in self.model_parts]
+        self.schedulers = [build_scheduler(opt, cfg.scheduler, cfg.train.steps) for opt in self.optimizers]
+        self.model, self.optimizer, self.scheduler = self.model_parts[0], self.optimizers[0], self.schedulers[0]
         self.loader = BatchLoader(
             self.dataset,
             seq_len=cfg.data.seq_len,
@@ -74,6 +74,7 @@ class Trainer:
             dp_size=self.dp_size,
             seed=cfg.data.seed,
             shuffle=cfg.data.shuffle,
+            batch_transform=build_batch_transform(cfg.loss),  # Goldfish: narrows loss_mask
         )
         self.eval_dataset = self._open_eval_split()
         self.checkpoints = CheckpointManager(
@@ -82,6 +83,7 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.flops_per_token = model_flops_per_token(cfg.model, cfg.data.seq_len)
+        self._print_layout()
 
     # ------------------------------------------------------------------------------------ set-up
     def _check_vocab(self) -> None:
@@ -97,6 +99,14 @@ class Trainer:
             return None
         return TokenDataset(self.cfg.data.path, "eval")
 
+    def _print_layout(self) -> None:
+        per_rank = gather_counts(self.parallel.local_parameter_count(), self.device)
+        if is_main_process():
+            total = count_parameters(build_model(self.cfg.model, device="meta"))
+            backend = resolve_backend(self.cfg.cluster.backend, self.device) if self.pmesh.enabled else "single process"
+            print(format_layout(self.cfg, self.parallel.layer_ranges, per_rank, total, backend, self.device),
+                  flush=True)
+
     def _prepare_run_dir(self) -> None:
         if not is_main_process():
             return
@@ -109,8 +119,9 @@ class Trainer:
         found = latest_checkpoint(self.run_dir / "checkpoints")
         if found is None:
             return
-        state = load_checkpoint(found, self.model, self.optimizer)
-        self.scheduler.load_state_dict(state["scheduler"])
+        state = load_checkpoint(found, self.model_parts, self.optimizers)
+        for scheduler in self.schedulers:
+            scheduler.load_state_dict(state["scheduler"])
         self.loader.load_state_dict(state["data"])
         self.step = state["step"]
         self.tokens_seen = state["tokens_seen"]
@@ -126,32 +137,31 @@ class Trainer:
 
     def forward_backward(self, micro_batches: List[Dict[str, torch.Tensor]], kept: torch.Tensor) -> torch.Tensor:
         """Accumulate gradients of (sum of kept-token losses) / (global kept tokens); return the local sum."""
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         # Data-parallel gradient reduction averages over ranks; scale back up so the result is the
         # global-batch mean, whatever the DP size.
         scale = self.dp_size / kept.clamp(min=1.0)
-        for mb in micro_batches:
-            mb = _to_device(mb, self.device)
-            with autocast_context(self.cfg.train.precision, self.device):
-                logits = self.model(mb["input_ids"], mb["position_ids"])
-            local = summed_cross_entropy(logits, mb["labels"], mb["loss_mask"])
-            (local * scale.to(local.dtype)).backward()
-            loss_sum += local.detach().double()
-        return loss_sum
+        return self.parallel.forward_backward(micro_batches, scale, summed_cross_entropy)
+
+    def _sum_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        """Sum a per-rank loss total over the pipeline (only the last stage has one) and DP ranks."""
+        if self.pmesh.pp_group is not None:
+            dist.all_reduce(value, group=self.pmesh.pp_group)
+        if self.dp_group is not None:
+            dist.all_reduce(value, group=self.dp_group)
+        return value
 
     def train_step(self) -> Dict[str, Any]:
         started = time.perf_counter()
         micro_batches = self.loader.next_step()
         kept = self._global_kept_tokens(micro_batches)
-        loss_sum = self.forward_backward(micro_batches, kept)
-        if self.dp_group is not None:
-            dist.all_reduce(loss_sum, group=self.dp_group)
+        loss_sum = self._sum_over_ranks(self.forward_backward(micro_batches, kept))
         max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        grad_norm = self.parallel.clip_gradients(max_norm)
         lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        for optimizer, scheduler in zip(self.optimizers, self.schedulers):
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
         self.step += 1
         tokens = self.cfg.data.global_batch_size * self.cfg.data.seq_len
         self.tokens_seen += tokens
@@ -164,6 +174,7 @@ class Trainer:
             "lr": lr,
             "grad_norm": float(grad_norm),
             "kept_tokens": int(kept),
+            **dropped_fraction_record(self.loader.batch_transform, self.dp_group, self.device),
             "tokens_seen": self.tokens_seen,
             "step_time_s": elapsed,
             "tokens_per_s": tokens_per_s,
@@ -184,19 +195,20 @@ class Trainer:
             seed=self.cfg.data.seed,
             shuffle=False,
         )
-        self.model.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for part in self.model_parts:
+            part.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        kept = torch.zeros((), dtype=torch.float64, device=self.device)
         for _ in range(self.cfg.eval.batches):
-            for mb in loader.next_step():
-                mb = _to_device(mb, self.device)
-                with autocast_context(self.cfg.train.precision, self.device):
-                    logits = self.model(mb["input_ids"], mb["position_ids"])
-                total[0] += summed_cross_entropy(logits, mb["labels"], mb["loss_mask"]).double()
-                total[1] += mb["loss_mask"].sum()
-        self.model.train()
+            micro_batches = loader.next_step()
+            loss_sum += self.parallel.eval_loss_sum(micro_batches, summed_cross_entropy)
+            kept += sum(mb["loss_mask"].sum() for mb in micro_batches).to(self.device, torch.float64)
+        for part in self.model_parts:
+            part.train()
+        self._sum_over_ranks(loss_sum)
         if self.dp_group is not None:
-            dist.all_reduce(total, group=self.dp_group)
-        return float(total[0] / total[1].clamp(min=1.0))
+            dist.all_reduce(kept, group=self.dp_group)
+        return float(loss_sum / kept.clamp(min=1.0))
 
     def save_checkpoint(self) -> Path:
         state = {
@@ -205,13 +217,17 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "layout": asdict(self.cfg.parallel),
         }
-        return self.checkpoints.save(self.step, self.model, self.optimizer, state, self.config_yaml)
+        return self.checkpoints.save(self.step, self.model_parts, self.optimizers, state, self.config_yaml)
 
     # -------------------------------------------------------------------------------------- loop
     def fit(self) -> Dict[str, Any]:
         cfg = self.cfg
         self._prepare_run_dir()
         self._maybe_resume()
+        if self.step == 0 and cfg.train.init_from:  # no checkpoint resumed: start from given weights
+            from .init_from import load_initial_weights
+
+            load_initial_weights(self.model_parts, cfg.train.init_from, cfg.model)
         logger = MetricsLogger(cfg.logging, self.run_dir, cfg.name, json.loads(json.dumps(asdict(cfg))),
                                enabled=is_main_process())
         last: Dict[str, Any] = {}

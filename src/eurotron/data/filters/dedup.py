@@ -1,0 +1,260 @@
+"""Deduplication: exact (normalised-text hash) and near-duplicate (MinHash-LSH), streaming.
+
+Keys are computed where documents are processed (worker processes); the decision is taken in
+corpus order by one `Deduplicator` (the main process), so the first occurrence is kept and the
+result does not depend on the number of workers.
+
+* **Exact**: a 64-bit BLAKE2b of the text after NFC normalisation, case folding and whitespace
+  collapsing: texts that differ only in case or spacing are exact duplicates.
+* **Near**: word n-gram shingles (``shingle_words``, default 5) of the case-folded words; a MinHash
+  signature of ``num_perm`` values; LSH with ``bands`` x ``rows`` chosen for ``threshold`` (the
+  estimated Jaccard similarity from which pairs should collide). Each band of a document becomes a
+  64-bit key; a document is a near duplicate when any of its band keys was seen in a kept document.
+  Documents shorter than n words are one shingle; documents without words have no band keys.
+
+Shingles are hashed for a whole batch at once: a polynomial rolling hash over the bytes of the
+normalised words (mod 2^64), so no Python code runs per shingle. The MinHash permutations are
+``(a * x + b) mod 2^32`` over 32-bit shingle hashes, evaluated in chunks of shingles.
+
+Memory of the index: 8 bytes x (1 + bands) per kept document, held as sorted numpy runs that are
+merged as they grow (a log-structured set): 1M documents with 9 bands take 80 MB.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import unicodedata
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import DataError
+
+_P = np.uint64(0x100000001B3)  # FNV prime: odd, so invertible mod 2^64
+_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+# Shingles per MinHash chunk: chunk x num_perm uint32 values at once (8192 x 128 x 4 B = 4 MB).
+_CHUNK_SHINGLES = 8192
+
+
+def normalise(text: str) -> str:
+    """NFC, case-folded, whitespace collapsed: what the exact key is computed on."""
+    return " ".join(unicodedata.normalize("NFC", text).casefold().split())
+
+
+def exact_key(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(normalise(text).encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser (wrapping uint64 arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@functools.lru_cache(maxsize=16)
+def lsh_parameters(threshold: float, num_perm: int) -> Tuple[int, int]:
+    """(bands, rows) with bands*rows <= num_perm minimising false positives below `threshold` plus
+    false negatives above it (areas under the S-curve 1 - (1 - s^rows)^bands), equally weighted."""
+    if not 0.0 < threshold < 1.0:
+        raise DataError(f"filters.dedup.threshold={threshold}: must lie strictly between 0 and 1")
+    s = np.linspace(0.0, 1.0, 1001)
+    best: Optional[Tuple[float, int, int]] = None
+    for bands in range(1, num_perm + 1):
+        for rows in range(1, num_perm // bands + 1):
+            collide = 1.0 - (1.0 - s ** rows) ** bands
+            error = np.trapezoid(np.where(s < threshold, collide, 1.0 - collide), s)
+            if best is None or error < best[0] - 1e-12:
+                best = (float(error), bands, rows)
+    assert best is not None
+    return best[1], best[2]
+
+
+@dataclass
+class DedupKeys:
+    exact: np.ndarray  # uint64 [n]
+    bands: np.ndarray  # uint64 [n, bands] (0 columns when near-dedup is off)
+    has_bands: np.ndarray  # bool [n]: False for texts without words
+
+
+class MinHasher:
+    def __init__(self, num_perm: int = 128, shingle_words: int = 5, threshold: float = 0.8, seed: int = 0) -> None:
+        if num_perm < 2:
+            raise DataError(f"filters.dedup.num_perm={num_perm}: must be at least 2")
+        if shingle_words < 1:
+            raise DataError(f"filters.dedup.shingle_words={shingle_words}: must be at least 1")
+        self.num_perm = num_perm
+        self.shingle_words = shingle_words
+        self.bands, self.rows = lsh_parameters(threshold, num_perm)
+        rng = np.random.default_rng([seed, num_perm])
+        self.a = (rng.integers(0, 2**32, num_perm, dtype=np.uint64) | np.uint64(1)).astype(np.uint32)
+        self.b = rng.integers(0, 2**32, num_perm, dtype=np.uint64).astype(np.uint32)
+        self.band_salt = _mix(np.arange(1, self.bands + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+        self._powers = np.ones(1, dtype=np.uint64)
+        self._inverse_powers = np.ones(1, dtype=np.uint64)
+
+    # ------------------------------------------------------------------------------------ shingles
+    def _power_tables(self, length: int) -> Tuple[np.ndarray, np.ndarray]:
+        if len(self._powers) < length + 1:
+            size = max(length + 1, 2 * len(self._powers))
+            inverse = np.uint64(pow(int(_P), -1, 2**64))
+            with np.errstate(over="ignore"):
+                self._powers = np.concatenate(([np.uint64(1)], np.cumprod(np.full(size - 1, _P, dtype=np.uint64))))
+                self._inverse_powers = np.concatenate(
+                    ([np.uint64(1)], np.cumprod(np.full(size - 1, inverse, dtype=np.uint64))))
+        return self._powers, self._inverse_powers
+
+    def shingle_hashes(self, texts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+        """32-bit hashes of every shingle of every text, and each text's shingle count.
+
+        Words are runs of ASCII letters and digits or of non-ASCII bytes in the UTF-8 text (ASCII
+        letters case-folded); everything else separates them. The words are laid out in one buffer, each followed
+        by one space, so a shingle's hash depends on its words only, not on the spacing between them.
+        """
+        n, count = self.shingle_words, len(texts)
+        encoded = [t.encode("utf-8") for t in texts]
+        raw = np.frombuffer(b"\n".join(encoded) + b"\n", dtype=np.uint8)
+        doc_ends = np.cumsum([len(e) + 1 for e in encoded])
+        folded = raw | np.uint8(0x20)
+        letter = (folded >= 97) & (folded <= 122)
+        raw = np.where(letter, folded, raw)  # ASCII case folding
+        word = (raw >= 0x80) | ((raw >= 48) & (raw <= 57)) | letter
+        prev = np.zeros_like(word)
+        prev[1:] = word[:-1]
+        keep = word | prev  # the words, and the first separator after each
+        clean = np.where(word, raw, 32)[keep].astype(np.uint64)
+        owner_of_word = np.searchsorted(doc_ends, np.flatnonzero(word & ~prev), side="right")
+        per_text = np.bincount(owner_of_word, minlength=count).astype(np.int64)
+        counts = np.where(per_text > 0, np.maximum(per_text - n + 1, 1), 0)
+        if not counts.any():
+            return np.zeros(0, dtype=np.uint32), counts
+        powers, inverse = self._power_tables(len(clean))
+        with np.errstate(over="ignore"):
+            prefix = np.zeros(len(clean) + 1, dtype=np.uint64)
+            np.cumsum((clean + np.uint64(1)) * powers[:len(clean)], out=prefix[1:])
+            word_ends = np.flatnonzero(clean == 32)  # the k-th space ends the k-th word
+            word_starts = np.concatenate(([0], word_ends[:-1] + 1))
+            words = per_text[per_text > 0]
+            first_word = np.concatenate(([0], np.cumsum(words)[:-1]))
+            shingles = counts[per_text > 0]
+            owner = np.repeat(np.arange(len(words)), shingles)
+            offset = np.arange(int(shingles.sum())) - np.repeat(np.cumsum(shingles) - shingles, shingles)
+            start_word = first_word[owner] + offset
+            end_word = np.minimum(start_word + n - 1, first_word[owner] + words[owner] - 1)
+            starts, ends = word_starts[start_word], word_ends[end_word]
+            value = (prefix[ends] - prefix[starts]) * inverse[starts]
+            value = _mix(value ^ (ends - starts).astype(np.uint64))
+        return (value >> np.uint64(32)).astype(np.uint32), counts
+
+    # ------------------------------------------------------------------------------------- minhash
+    def signatures(self, hashes: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """uint32 [texts with shingles, num_perm]: per permutation, the minimum over the shingles."""
+        owners = np.flatnonzero(counts)
+        out = np.empty((len(owners), self.num_perm), dtype=np.uint32)
+        bounds = np.concatenate(([0], np.cumsum(counts[owners])))
+        a, b = self.a[:, None], self.b[:, None]
+        row = 0
+        while row < len(owners):
+            # As many texts as fit in one chunk of shingles (at least one).
+            last = int(np.searchsorted(bounds, bounds[row] + _CHUNK_SHINGLES, side="right")) - 1
+            last = min(max(last, row + 1), len(owners))
+            lo, hi = bounds[row], bounds[last]
+            values = a * hashes[None, lo:hi]
+            values += b
+            out[row:last] = np.minimum.reduceat(values, bounds[row:last] - lo, axis=1).T
+            row = last
+        return out
+
+    def band_keys(self, texts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+        """uint64 [n, bands] band keys (rows of zeros for texts without words) and a has-words mask."""
+        hashes, counts = self.shingle_hashes(texts)
+        keys = np.zeros((len(texts), self.bands), dtype=np.uint64)
+        has = counts > 0
+        if has.any():
+            with np.errstate(over="ignore"):
+                sig = self.signatures(hashes, counts)[:, :self.bands * self.rows].astype(np.uint64)
+                sig = sig.reshape(len(sig), self.bands, self.rows)
+                key = np.broadcast_to(self.band_salt, sig.shape[:2]).copy()
+                for r in range(self.rows):
+                    key = _mix(key ^ sig[:, :, r])
+            keys[has] = key
+        return keys, has
+
+
+# --------------------------------------------------------------------------------------------- index
+class KeyIndex:
+    """A set of uint64 keys as sorted runs, merged when a run is no larger than half the one before
+    (so there are O(log n) runs and each key is merged O(log n) times)."""
+
+    def __init__(self) -> None:
+        self.runs: List[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.runs)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(r.nbytes for r in self.runs)
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        found = np.zeros(keys.shape, dtype=bool)
+        flat_keys, flat_found = keys.reshape(-1), found.reshape(-1)
+        for run in self.runs:
+            at = np.searchsorted(run, flat_keys)
+            inside = at < len(run)
+            flat_found[inside] |= run[at[inside]] == flat_keys[inside]
+        return found
+
+    def add(self, keys: np.ndarray) -> None:
+        if keys.size == 0:
+            return
+        self.runs.append(np.unique(keys.reshape(-1)))
+        while len(self.runs) > 1 and len(self.runs[-1]) * 2 >= len(self.runs[-2]):
+            last = self.runs.pop()
+            self.runs[-1] = np.union1d(self.runs[-1], last)
+
+
+class Deduplicator:
+    """Keeps the first occurrence; later exact or near duplicates of a kept document are removed."""
+
+    def __init__(self, exact: bool, near: bool) -> None:
+        self.exact, self.near = exact, near
+        self.exact_index, self.band_index = KeyIndex(), KeyIndex()
+
+    @property
+    def nbytes(self) -> int:
+        return self.exact_index.nbytes + self.band_index.nbytes
+
+    def decide(self, keys: DedupKeys) -> List[Optional[str]]:
+        """Per document, in order: None (kept, its keys remembered), "dedup_exact" or "dedup_near"."""
+        n = len(keys.exact)
+        if n == 0 or not (self.exact or self.near):
+            return [None] * n
+        seen_exact = self.exact_index.contains(keys.exact) if self.exact else np.zeros(n, dtype=bool)
+        seen_band = (self.band_index.contains(keys.bands).any(axis=1) & keys.has_bands
+                     if self.near and keys.bands.shape[1] else np.zeros(n, dtype=bool))
+        exact_list = keys.exact.tolist()
+        band_rows = keys.bands.tolist()
+        batch_exact: set = set()
+        batch_bands: set = set()
+        reasons: List[Optional[str]] = []
+        kept = np.zeros(n, dtype=bool)
+        for i in range(n):
+            if self.exact and (seen_exact[i] or exact_list[i] in batch_exact):
+                reasons.append("dedup_exact")
+                continue
+            if self.near and keys.has_bands[i] and (seen_band[i] or not batch_bands.isdisjoint(band_rows[i])):
+                reasons.append("dedup_near")
+                continue
+            reasons.append(None)
+            kept[i] = True
+            batch_exact.add(exact_list[i])
+            if keys.has_bands[i]:
+                batch_bands.update(band_rows[i])
+        if self.exact:
+            self.exact_index.add(keys.exact[kept])
+        if self.near and keys.bands.shape[1]:
+            self.band_index.add(keys.bands[kept & keys.has_bands])
+        return reasons

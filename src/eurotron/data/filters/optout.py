@@ -1,0 +1,106 @@
+"""The opt-out filter: robots.txt for AI crawlers and TDMRep, decided from a snapshot.
+
+Per document (with a URL): robots.txt first — removed when a listed agent is disallowed, or when the
+robots.txt case (missing, 4xx, 5xx, unparsable) is one the policy removes — then TDMRep — removed
+when the governing signal reserves TDM rights, or when the origin's tdmrep.json is unreadable and
+the policy removes those. Parsed origins are cached per process (a bounded LRU), so each robots.txt
+is parsed once per worker however many documents its origin has.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from . import robots, tdmrep
+from .snapshot import SnapshotStore
+from .urls import ParsedUrl
+
+CACHED_ORIGINS = 65536
+
+
+@dataclass
+class OptOutDecision:
+    # None: kept; robots | robots_policy | tdmrep | tdmrep_policy
+    reason: Optional[str] = None
+    # robots: the disallowed agents; robots_policy: the case; tdmrep: the signal's source
+    agents: List[str] = field(default_factory=list)
+    detail: Optional[str] = None
+    # What the snapshot said about the origin (for the report): ok | missing | 4xx | 5xx | unparsable
+    robots_case: str = "ok"
+    # ok | absent | unreadable
+    tdmrep_status: str = "absent"
+
+
+@dataclass
+class _Origin:
+    rules: Optional[robots.RobotsRules]
+    robots_case: str
+    tdm_file: Optional[tdmrep.TdmRepFile]
+    tdm_status: str
+
+
+class OptOutFilter:
+    def __init__(self, store: SnapshotStore, agents: Sequence[str], wildcard_group: bool, use_robots: bool,
+                 use_tdmrep: bool, policy: Dict[str, str]) -> None:
+        self.store = store
+        self.agents = list(agents)
+        self.wildcard_group = wildcard_group
+        self.use_robots = use_robots
+        self.use_tdmrep = use_tdmrep
+        self.policy = policy
+        self._cache: "OrderedDict[str, _Origin]" = OrderedDict()
+
+    def _origin(self, origin: str) -> _Origin:
+        cached = self._cache.get(origin)
+        if cached is not None:
+            self._cache.move_to_end(origin)
+            return cached
+        record = self.store.get(origin)
+        rules, case = None, "ok"
+        if self.use_robots:
+            fetched = record.robots if record is not None else None
+            case = "missing" if record is None else (robots.status_case(fetched) or "ok")
+            if case == "ok":
+                text = robots.decode_robots(fetched.body)
+                if text is None:
+                    case = "unparsable"
+                else:
+                    rules = robots.RobotsRules(text, self.agents, self.wildcard_group)
+        tdm_file, tdm_status = (None, "absent")
+        if self.use_tdmrep and record is not None:
+            tdm_file, tdm_status = tdmrep.well_known(record.tdmrep)
+        entry = _Origin(rules, case, tdm_file, tdm_status)
+        self._cache[origin] = entry
+        if len(self._cache) > CACHED_ORIGINS:
+            self._cache.popitem(last=False)
+        return entry
+
+    def check(self, url: str, parsed: ParsedUrl, headers: Any = None, html: Any = None) -> OptOutDecision:
+        entry = self._origin(parsed.origin)
+        decision = OptOutDecision(robots_case=entry.robots_case, tdmrep_status=entry.tdm_status)
+        if self.use_robots:
+            if entry.rules is not None:
+                agents = entry.rules.disallowed(url)
+                if agents:
+                    decision.reason, decision.agents = "robots", agents
+                    return decision
+            elif self.policy[entry.robots_case] == "remove":
+                decision.reason, decision.detail = "robots_policy", entry.robots_case
+                return decision
+        if self.use_tdmrep:
+            if entry.tdm_status == "unreadable" and self.policy["tdmrep_unreadable"] == "remove":
+                decision.reason, decision.detail = "tdmrep_policy", "unreadable"
+                return decision
+            signal = tdmrep.decide(entry.tdm_file, parsed.path, headers, html)
+            if signal is not None and signal.reserved:
+                decision.reason, decision.detail = "tdmrep", signal.source
+        return decision
+
+
+def bad_url_decision(policy: Dict[str, str], kind: str) -> Tuple[Optional[str], Optional[str]]:
+    """(reason, detail) for a document whose URL cannot be checked (no_url, non_http_url, bad_url)."""
+    if policy["bad_url"] == "remove":
+        return "url_policy", kind
+    return None, None

@@ -1,0 +1,125 @@
+"""robots.txt as an AI-training opt-out (RFC 9309 semantics, parsed by Protego).
+
+A document is disallowed when any configured agent may not fetch its URL. Protego does the RFC 9309
+work (groups, the longest matching rule wins, Allow wins a tie, ``*`` and ``$`` wildcards,
+case-insensitive product tokens); this module adds what a *retroactive* filter over a snapshot needs:
+
+* what a robots.txt that is missing from the snapshot, answered 4xx or 5xx, could not be reached,
+  or is unparsable means — an explicit policy, never an accident (`POLICIES`);
+* whether ``User-agent: *`` groups count (``wildcard_group``; Apertus: yes).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..errors import DataError
+from .snapshot import Fetched
+
+ACTIONS = ("keep", "remove")
+# What each failure case means under each policy. "missing": the origin is not in the snapshot;
+# "4xx": 4xx (429 excepted), or more redirects than RFC 9309 asks crawlers to follow; "5xx": 5xx, 429
+# or no answer at all; "unparsable": a 2xx body that is no robots.txt (HTML, binary, no directive);
+# "bad_url": no URL or not http(s); "tdmrep_unreadable": a tdmrep.json that is no array of rules.
+POLICIES: Dict[str, Dict[str, str]] = {
+    # Apertus: only a robots.txt that disallows removes a document; anything else keeps it.
+    "apertus": {"missing": "keep", "4xx": "keep", "5xx": "keep", "unparsable": "keep",
+                "bad_url": "keep", "tdmrep_unreadable": "keep"},
+    # RFC 9309 as a crawler reads it: unavailable (4xx) allows everything, unreachable (5xx)
+    # disallows everything, unparsable lines are ignored; an origin never fetched is unknown: remove.
+    "rfc9309": {"missing": "remove", "4xx": "keep", "5xx": "remove", "unparsable": "keep",
+                "bad_url": "keep", "tdmrep_unreadable": "keep"},
+    # Remove whenever the opt-out status cannot be established.
+    "strict": {"missing": "remove", "4xx": "keep", "5xx": "remove", "unparsable": "remove",
+               "bad_url": "remove", "tdmrep_unreadable": "remove"},
+}
+CASES = tuple(POLICIES["apertus"])
+# RFC 9309 §2.5: crawlers must parse at least 500 KiB; what lies beyond is ignored.
+MAX_ROBOTS_BYTES = 500 * 1024
+_WILDCARD_GROUP_LINE = re.compile(r"^\s*user[-\s]?agent\s*:?\s*\*\s*(#.*)?$", re.IGNORECASE)
+_HIDDEN_WILDCARD = "User-agent: eurotron-hidden-wildcard-group"
+_KNOWN_DIRECTIVE = re.compile(
+    r"^\s*(user[-\s]?agent|allow|disallow|sitemap|crawl[-\s]delay|host|request[-\s]rate|visit[-\s]time|"
+    r"clean-param|noindex|content-signal)\s*(?::|\s)", re.IGNORECASE | re.MULTILINE)
+
+
+def resolve_policy(preset: str, overrides: Dict[str, Optional[str]]) -> Dict[str, str]:
+    """The effective keep/remove action per failure case: the preset, then per-case overrides."""
+    if preset not in POLICIES:
+        raise DataError(f"filters.optout.policy={preset!r}: must be one of {', '.join(POLICIES)}")
+    policy = dict(POLICIES[preset])
+    for case, action in overrides.items():
+        if action is None:
+            continue
+        if action not in ACTIONS:
+            raise DataError(f"filters.optout.on_{case}={action!r}: must be keep or remove (or null for the policy's choice)")
+        policy[case] = action
+    return policy
+
+
+def status_case(fetched: Optional[Fetched]) -> Optional[str]:
+    """The failure case of a robots.txt fetch (see POLICIES), or None for a 2xx answer to parse."""
+    if fetched is None:
+        return "missing"
+    if fetched.status is None:
+        return "4xx" if (fetched.error or "").startswith("too many redirects") else "5xx"
+    if 200 <= fetched.status < 300:
+        return None
+    if fetched.status == 429 or fetched.status >= 500:
+        return "5xx"
+    return "4xx"  # 3xx that could not be followed, and 4xx: "unavailable"
+
+
+def decode_robots(body: Optional[bytes]) -> Optional[str]:
+    """The text of a robots.txt body, or None when it is no robots.txt at all."""
+    data = (body or b"")[:MAX_ROBOTS_BYTES]
+    if b"\x00" in data:
+        return None
+    text = data.decode("utf-8", errors="replace").lstrip("\ufeff")
+    head = text[:2048].lstrip().lower()
+    if head.startswith(("<!doctype", "<html", "<?xml", "{", "[")) or "<html" in head or "<body" in head:
+        return None
+    content = [line for line in (raw.split("#", 1)[0].strip() for raw in text.splitlines()) if line]
+    if content and not _KNOWN_DIRECTIVE.search(text):
+        return None
+    return text
+
+
+def _hide_wildcard_groups(text: str) -> str:
+    """Rename `User-agent: *` so that no agent falls back to that group."""
+    return "\n".join(_HIDDEN_WILDCARD if _WILDCARD_GROUP_LINE.match(line) else line for line in text.splitlines())
+
+
+class RobotsRules:
+    """One parsed robots.txt, asked about a fixed list of agents."""
+
+    def __init__(self, text: str, agents: Sequence[str], wildcard_group: bool) -> None:
+        from protego import Protego
+
+        agents = [a for a in agents if wildcard_group or a.strip() != "*"]
+        self.parser = Protego.parse(text if wildcard_group else _hide_wildcard_groups(text))
+        self.groups = self._group(agents)
+
+    def _group(self, agents: Sequence[str]) -> List[Tuple[str, List[str]]]:
+        """(representative, agents) per robots.txt group the agents fall into: agents in one group
+        share one answer, so each group is asked once. Agents no group applies to may fetch
+        anything and are left out. Without Protego's group lookup every agent is asked."""
+        lookup = getattr(self.parser, "_get_matching_rule_set", None)
+        if not callable(lookup):
+            return [(agent, [agent]) for agent in agents]
+        by_group: Dict[int, Tuple[str, List[str]]] = {}
+        for agent in agents:
+            group = lookup(agent)
+            if group is None:
+                continue
+            by_group.setdefault(id(group), (agent, []))[1].append(agent)
+        return list(by_group.values())
+
+    def disallowed(self, url: str) -> List[str]:
+        """The agents that may not fetch `url`."""
+        out: List[str] = []
+        for representative, members in self.groups:
+            if not self.parser.can_fetch(url, representative):
+                out.extend(members)
+        return out
