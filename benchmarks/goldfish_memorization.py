@@ -38,8 +38,14 @@ from eurotron.train.metrics import read_metrics
 from eurotron.train.trainer import Trainer
 from eurotron.validation import validate_train_config
 
-MODEL = ["model.vocab_size=1024", "model.hidden_size=128", "model.num_layers=3", "model.num_heads=4",
-         "model.num_kv_heads=2", "model.ffn_hidden_size=352", "model.max_seq_len=512"]
+
+
+def model_overrides(hidden: int, layers: int) -> List[str]:
+    """A Llama-shaped model: 4 query heads, 2 KV heads, SwiGLU FFN of ~2.75 x hidden, vocab 1024."""
+    return ["model.vocab_size=1024", f"model.hidden_size={hidden}", f"model.num_layers={layers}",
+            "model.num_heads=4", "model.num_kv_heads=2", f"model.ffn_hidden_size={(hidden * 11 // 4 + 15) // 16 * 16}",
+            "model.max_seq_len=512"]
+
 LOSSES = {
     "standard": ["loss=standard"],
     "goldfish": ["loss=goldfish", "loss.k=4", "loss.h=13", "loss.strategy=hash"],
@@ -72,7 +78,8 @@ def train_run(name: str, data: Path, out: Path, args, steps: int, every: int, ev
         f"data.global_batch_size={args.batch}", f"data.micro_batch_size={args.batch}", f"train.steps={steps}",
         f"optim.lr={args.lr}", "optim.weight_decay=0.0", "scheduler=constant", "scheduler.warmup_steps=10",
         f"checkpoint.every={every}", "checkpoint.keep_last=1000", f"eval.every={every}", f"eval.batches={eval_batches}",
-        "logging.plot_loss_curve=false", "logging.console=false", "train.seed=0", *MODEL, *LOSSES[name],
+        "logging.plot_loss_curve=false", "logging.console=false", "train.seed=0",
+        *model_overrides(args.hidden, args.layers), *LOSSES[name],
     ])
     validate_train_config(cfg, world_size=1)
     started = time.perf_counter()
@@ -148,6 +155,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="sequences of 512 tokens per step")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -180,26 +190,31 @@ def main() -> None:
           f"{manifest['splits']['eval']['docs']} documents, {manifest['splits']['eval']['tokens']} tokens", flush=True)
 
     results = {}
-    for name in LOSSES:
+    for name in args.losses:
         run_dir = train_run(name, data, out, args, steps, every_steps, eval_batches)
         results[name] = audit_run(run_dir, train_docs, samples_per_epoch, args.batch)
-    frac = [r["goldfish_dropped_frac"] for r in read_metrics(out / "goldfish" / "metrics.jsonl")]
     summary = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "model": MODEL, "losses": LOSSES, "train_tokens": tokens, "samples_per_epoch": samples_per_epoch,
-        "steps": steps, "goldfish_dropped_frac_mean": sum(frac) / len(frac), "results": results,
+        "model": model_overrides(args.hidden, args.layers), "losses": LOSSES, "train_tokens": tokens,
+        "samples_per_epoch": samples_per_epoch, "steps": steps, "results": results,
         "wall_s": time.perf_counter() - started, "torch": torch.__version__,
     }
+    if "goldfish" in results:
+        frac = [r["goldfish_dropped_frac"] for r in read_metrics(out / "goldfish" / "metrics.jsonl")]
+        summary["goldfish_dropped_frac_mean"] = sum(frac) / len(frac)
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(results, out / "memorization.png")
+    if len(results) < 2:
+        return
     table = markdown(results, args.docs)
     (out / "results.md").write_text(table)
-    plot(results, out / "memorization.png")
     s, g = results["standard"][-1], results["goldfish"][-1]
+    best = {name: min(r["eval_loss"] for r in rows) for name, rows in results.items()}
     print(table)
-    print(f"goldfish dropped {summary['goldfish_dropped_frac_mean']:.1%} of target tokens; final held-out loss "
-          f"standard {s['eval_loss']:.4f} goldfish {g['eval_loss']:.4f} "
-          f"({100 * (g['eval_loss'] / s['eval_loss'] - 1):+.1f}%); {summary['wall_s']:.0f} s in all")
-
+    print(f"goldfish dropped {summary['goldfish_dropped_frac_mean']:.1%} of target tokens; held-out loss at the end: "
+          f"standard {s['eval_loss']:.4f} goldfish {g['eval_loss']:.4f} ({100 * (g['eval_loss'] / s['eval_loss'] - 1):+.1f}%), "
+          f"lowest: standard {best['standard']:.4f} goldfish {best['goldfish']:.4f} "
+          f"({100 * (best['goldfish'] / best['standard'] - 1):+.1f}%); {summary['wall_s']:.0f} s in all")
 
 if __name__ == "__main__":
     main()

@@ -72,6 +72,11 @@ def test_train_init_from_an_imported_model(dataset, imported, tmp_path, capsys):
     assert sorted(original) == sorted(trained)
     assert max((trained[k] - original[k]).abs().max().item() for k in original) <= 2 * LR
 
+    # The model card summarises the prepare run's report.json of the dataset the run trained on.
+    card = (tmp_path / "hf_out" / "README.md").read_text()
+    assert "Optimizer steps: 1" in card and "Summary of the data pipeline's report" in card
+    assert "removed by filters" in card and (tmp_path / "hf_out" / "data_report.json").is_file()
+
     # A resumed run ignores init_from: `latest` wins.
     again = _trainer(_overrides(dataset, tmp_path / "run", result, f"train.init_from={result.ckpt_dir}",
                                 "train.steps=2"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -181,6 +181,115 @@ class LoggingConfig:
 
 # ------------------------------------------------------------------------------------------- cluster
 @dataclass
+class PartitionLimits:
+    """What one Slurm partition or QoS admits; eurotron-launch checks a job against it before submitting."""
+
+    # 0: no limit known.
+    max_nodes: int = 0
+    min_nodes: int = 0
+    # Slurm time (D-HH:MM:SS, HH:MM:SS, MM); "": no limit known.
+    max_time: str = ""
+    # Allocates whole nodes: a job must fill its nodes.
+    exclusive: bool = False
+
+
+@dataclass
+class SlurmConfig:
+    """#SBATCH settings of a system (configs/cluster/<system>.yaml); values go to the script quoted."""
+
+    account: Optional[str] = None
+    partition: Optional[str] = None
+    qos: Optional[str] = None
+    # Wall-clock limit of one job (D-HH:MM:SS, HH:MM:SS or minutes).
+    time: str = "01:00:00"
+    # -C, e.g. Alps' thp_never&nvidia_vboost_enabled or Jean Zay's h100.
+    constraint: Optional[str] = None
+    reservation: Optional[str] = None
+    # How GPUs are asked for: gpus_per_node (--gpus-per-node), gres (--gres=gpu:N),
+    # gpus_per_task (--gpus-per-task, what Alps needs so each rank sees its own GPU) or none.
+    gpu_request: str = "gpus_per_node"
+    # 0: the node's usable cores (cluster.cpus_per_node) divided by the tasks per node.
+    cpus_per_task: int = 0
+    # srun --cpu-bind value for the training step (LUMI: the per-GCD mask_cpu list); null: Slurm's default.
+    cpu_bind: Optional[str] = None
+    # --hint, e.g. nomultithread; null: not set.
+    hint: Optional[str] = None
+    # --mem per node (e.g. 0 = all of it); null: the partition's default.
+    mem: Optional[str] = None
+    exclusive: bool = False
+    # More tasks than CPUs (the single-machine test cluster).
+    overcommit: bool = False
+    # JSC, MareNostrum 5: srun does not inherit --cpus-per-task, export SRUN_CPUS_PER_TASK.
+    export_srun_cpus_per_task: bool = False
+    # Further sbatch options, one per entry (e.g. --mail-type=END); each becomes one #SBATCH line.
+    extra: List[str] = field(default_factory=list)
+    # Limits per partition and per QoS name, checked against slurm.partition / slurm.qos.
+    partitions: Dict[str, PartitionLimits] = field(default_factory=dict)
+    qos_limits: Dict[str, PartitionLimits] = field(default_factory=dict)
+
+
+@dataclass
+class ContainerConfig:
+    # none | singularity (also Apptainer) | edf (CSCS Container Engine: srun --environment=<EDF>)
+    runtime: str = "none"
+    # singularity: the .sif; edf: the image (.sqsh or registry reference) of the EDF eurotron writes.
+    image: Optional[str] = None
+    # Host paths mounted into the container (src[:dst]).
+    binds: List[str] = field(default_factory=list)
+    # singularity: the command and its flags (--rocm on AMD, --nv on NVIDIA).
+    command: str = "singularity"
+    flags: List[str] = field(default_factory=list)
+    # edf: an existing EDF (name or path) to use instead of the one eurotron writes into the run dir.
+    edf: Optional[str] = None
+    # edf: annotations of the EDF eurotron writes (hooks such as com.hooks.aws_ofi_nccl.enabled).
+    annotations: Dict[str, str] = field(default_factory=dict)
+    # edf: working directory inside the container; null: the submit directory.
+    workdir: Optional[str] = None
+
+
+@dataclass
+class StorageConfig:
+    """Where a system keeps things; recipes interpolate these (e.g. run_dir: ${cluster.storage.checkpoints}/...)."""
+
+    # Prepared token shards.
+    data: str = "data"
+    # Run directories: checkpoints, logs, metrics.
+    checkpoints: str = "runs"
+    # HF_HOME (tokenizers, datasets); "": leave unset.
+    hf_home: str = ""
+    # Node-local directory for compiler and kernel caches (Triton, MIOpen, torch.compile).
+    node_local: str = "/tmp"
+
+
+@dataclass
+class LauncherConfig:
+    """How the job script starts the ranks (launchers/<template>.sbatch.j2)."""
+
+    # Template name under launchers/; "": cluster.name.
+    template: str = ""
+    # torchrun: one task per node running torchrun; srun: one task per GPU (RANK from SLURM_PROCID).
+    pattern: str = "torchrun"
+    # Ranks per node; 0: cluster.gpus_per_node (CPU clusters: every rank on one node).
+    ranks_per_node: int = 0
+    # Appended to the first node's name for MASTER_ADDR (JSC: "i" selects the InfiniBand address).
+    master_addr_suffix: str = ""
+    # MASTER_PORT = port_base + SLURM_JOB_ID % 10000, unique per job on shared nodes.
+    port_base: int = 20000
+    nccl_debug: str = "WARN"
+    # The training command on the compute node; the saved config is passed with --config-file.
+    train_command: List[str] = field(default_factory=lambda: ["eurotron-train"])
+    # Python environment to activate: a venv directory, "auto" (the one eurotron-launch runs from)
+    # or null (the modules or the container provide python).
+    venv: Optional[str] = None
+    # `module use` paths, then `module load` names, in order.
+    module_use: List[str] = field(default_factory=list)
+    modules: List[str] = field(default_factory=list)
+    module_purge: bool = False
+    # Compute nodes without internet: HF_HUB_OFFLINE=1, HF_DATASETS_OFFLINE=1, WANDB_MODE=offline.
+    offline: bool = False
+
+
+@dataclass
 class ClusterConfig:
     name: str = "local"
     # auto | cpu | cuda
@@ -191,6 +300,23 @@ class ClusterConfig:
     peak_flops: float = 1.9e11
     gpus_per_node: int = 0
     cpu_threads: int = 0
+    # What eurotron-launch needs to know of a Slurm system (configs/cluster/<system>.yaml).
+    gpu_model: str = ""
+    # Memory of one GPU (one GCD on MI250X), GB; 0: no memory check.
+    gpu_memory_gb: float = 0.0
+    # Usable CPU cores per node (Slurm's count; LUMI-G: 56 of 64).
+    cpus_per_node: int = 0
+    # x86_64 | aarch64 (GH200 systems): which wheels and containers fit.
+    arch: str = "x86_64"
+    # Memory kept free per GPU for the CUDA/ROCm context, NCCL buffers and fragmentation, GB.
+    memory_reserve_gb: float = 4.0
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    container: ContainerConfig = field(default_factory=ContainerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    # Exported in the job; values may name variables as $VAR or ${VAR} (expanded per task),
+    # anything else reaches the program literally.
+    env: Dict[str, str] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------- train
@@ -234,6 +360,27 @@ class GenerateConfig:
 
 
 @dataclass
+class LaunchConfig:
+    """eurotron-launch: what to do with the rendered job (the system's facts are in `cluster`)."""
+
+    # Print the script and the sbatch commands; write and submit nothing.
+    dry_run: bool = False
+    # Jobs to submit, each after the previous one ends (afterany); every job resumes from latest.
+    chain: int = 1
+    # Requeue the job (scontrol requeue) after the checkpoint the time-limit signal triggers;
+    # null: yes for a single job, no for a chain (the next job of the chain continues).
+    requeue: Optional[bool] = None
+    # Signal Slurm sends signal_seconds before the time limit; to the batch shell only (B:) when
+    # signal_batch is true, which the script forwards to the trainer.
+    signal: str = "USR2"
+    signal_seconds: int = 300
+    signal_batch: bool = True
+    # Submit into a run directory that holds a different config.yaml (a rerun of the same config is
+    # always allowed: it resumes).
+    force: bool = False
+
+
+@dataclass
 class TrainConfig:
     name: str = "run"
     run_dir: str = "runs/${name}"
@@ -249,6 +396,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
 
 # ------------------------------------------------------------------------------------------- prepare
@@ -399,6 +547,7 @@ _SCHEMAS_BY_NAME = {
     cls.__name__: cls
     for cls in (RopeScalingConfig, ModelConfig, ParallelConfig, DataConfig, LossConfig, OptimConfig,
                 SchedulerConfig, WandbConfig, LoggingConfig, ClusterConfig, CheckpointConfig, EvalConfig,
+                PartitionLimits, SlurmConfig, ContainerConfig, StorageConfig, LauncherConfig, LaunchConfig,
                 TrainingConfig, GenerateConfig, TrainConfig, SourceConfig, TokenizerConfig, PrepareConfig,
                 BlendSourceConfig, OptOutConfig, PiiConfig, DedupConfig, FiltersConfig,
                 SummaryProviderConfig, SummaryModelConfig, SummaryConfig)

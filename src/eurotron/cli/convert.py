@@ -45,7 +45,7 @@ def _warn(warnings) -> None:
 
 
 def run(args: argparse.Namespace):
-    progress = False if args.no_progress else True
+    progress = not args.no_progress
     if args.command == "to-hf":
         from ..convert.safetensors_writer import parse_size
         from ..convert.to_hf import convert_to_hf

@@ -3,11 +3,14 @@
   eurotron-prepare                                  # the shipped demo corpus → data/demo
   eurotron-prepare source.type=jsonl source.path=corpus.jsonl.gz output_dir=data/mycorpus
   eurotron-prepare source.type=parquet source.path=/scratch/p/parquet/ tokenizer.vocab_size=65536
+  eurotron-prepare source.type=jsonl source.path=crawl/ filters.snapshot=/scratch/p/optout_2025_01 num_workers=16
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict
+import json
+from pathlib import Path
+from typing import Any, Dict, List
 
 import hydra
 from omegaconf import DictConfig
@@ -22,11 +25,15 @@ register_configs()
 def summary(manifest: Dict[str, Any], output_dir: str) -> str:
     """A few lines on what was written, for the end of the run."""
     docs, tok, timing = manifest["documents"], manifest["tokenizer"], manifest["timing"]
+    bad = {kind: n for kind, n in docs["skipped"].items() if kind != "empty" and n}
     lines = [
         f"eurotron-prepare: wrote {output_dir}",
-        f"  documents: {docs['read']:,} read, {docs['kept']:,} kept, {docs['skipped']['empty']:,} skipped (empty)",
+        f"  documents: {docs['read']:,} read, {docs['kept']:,} kept, {docs['skipped']['empty']:,} skipped (empty)"
+        + (f", {sum(bad.values()):,} skipped (bad: " + ", ".join(f"{k} {n:,}" for k, n in bad.items()) + ")"
+           if bad else ""),
         f"  tokenizer: {tok['type']}, vocab {tok['vocab_size']:,} (eos id {tok['eos_id']}), dtype {manifest['dtype']}",
     ]
+    lines += _removals(output_dir, manifest)
     for name, split in manifest["splits"].items():
         lines.append(f"  {name}: {split['docs']:,} docs, {split['tokens']:,} tokens in {len(split['shards'])} shard(s)")
     lines.append(
@@ -34,6 +41,31 @@ def summary(manifest: Dict[str, Any], output_dir: str) -> str:
         f"{timing['docs_per_s']:,.0f} docs/s, {timing['tokens_per_s']:,.0f} tokens/s"
     )
     return "\n".join(lines)
+
+
+def _removals(output_dir: str, manifest: Dict[str, Any]) -> List[str]:
+    """What the filters removed and why, from report.json (nothing when there is no report)."""
+    info = manifest.get("report")
+    path = Path(output_dir) / info["json"] if info else None
+    if path is None or not path.is_file():
+        return []
+    report = json.loads(path.read_text())
+    if not report.get("filters", {}).get("enabled"):
+        return [f"  report: {Path(output_dir) / info['markdown']}"]
+    tokens_in = report["tokens"]["in"] or 1
+    lines = [f"  removed: {report['documents']['removed']:,} documents, {report['tokens']['removed']:,} tokens "
+             f"({100 * report['tokens']['removed'] / tokens_in:.1f}% of {report['tokens']['in']:,})"]
+    for reason, entry in report["removed"].items():
+        detail = entry.get("by_agent") or entry.get("by_signal") or entry.get("by_case") or {}
+        more = " (" + ", ".join(f"{k} {v:,}" for k, v in list(detail.items())[:6]) + ")" if detail else ""
+        domains = ", ".join(d["domain"] for d in entry["top_domains"][:3])
+        lines.append(f"    {reason:<15}{entry['docs']:>9,}  {entry['description']}{more}; top: {domains}")
+    pii = report["pii"]
+    if pii["replaced"]:
+        lines.append("  PII replaced: " + ", ".join(f"{k} {v:,}" for k, v in sorted(
+            pii["replaced"].items(), key=lambda kv: -kv[1])) + f" (in {pii['documents']:,} kept documents)")
+    lines.append(f"  report: {Path(output_dir) / info['markdown']}")
+    return lines
 
 
 def run(cfg: DictConfig) -> Dict[str, Any]:

@@ -3,31 +3,56 @@
   eurotron-train experiment=demo
   eurotron-train model=llama3_8b data=custom data.path=/scratch/p/tokens train.steps=10000
   eurotron-train --multirun optim.lr=1e-4,3e-4 name=lr_sweep   # a sweep
+  eurotron-train --config-file runs/x/config.yaml              # a saved, resolved config as is (Slurm jobs)
 """
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
+import sys
 
-from ..config import TrainConfig
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from ..config import ConfigError, TrainConfig
 from ..paths import config_dir
 from ..parallel.env import process_env
 from ..validation import validate_train_config
 from .common import exit_on_user_error, resolved_yaml, typed_config
 
+APP = "eurotron-train"
+CONFIG_FILE_FLAG = "--config-file"
+
 
 def run(cfg: DictConfig) -> dict:
     train_cfg: TrainConfig = typed_config(cfg, TrainConfig)
     validate_train_config(train_cfg, world_size=process_env().world_size)
+    from ..train import preemption
     from ..train.trainer import Trainer  # heavy imports only after the config is known to be good
 
-    return Trainer(train_cfg, resolved_yaml(cfg)).fit()
+    preemption.install()  # the time-limit signal of a Slurm job: checkpoint, then requeue or exit
+    result = Trainer(train_cfg, resolved_yaml(cfg)).fit()
+    preemption.finish()
+    return result
+
+
+def run_config_file(args: list) -> dict:
+    """Train from a resolved config file (what eurotron-launch saves): loaded as is, never re-composed."""
+    if len(args) != 1:
+        raise ConfigError(f"{CONFIG_FILE_FLAG} takes exactly one path and no overrides (got {args}); "
+                          f"edit the file or compose a new config with overrides instead")
+    return run(OmegaConf.load(args[0]))
 
 
 @hydra.main(version_base=None, config_path=str(config_dir()), config_name="train")
-def main(cfg: DictConfig) -> None:
-    exit_on_user_error("eurotron-train", lambda: run(cfg))
+def hydra_main(cfg: DictConfig) -> None:
+    exit_on_user_error(APP, lambda: run(cfg))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == CONFIG_FILE_FLAG:
+        exit_on_user_error(APP, lambda: run_config_file(sys.argv[2:]))
+        return
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -72,7 +72,44 @@ def _flatten(value: Any, prefix: str = "", depth: int = 0) -> List[str]:
     return [f"{prefix}: {value}"]
 
 
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value if value is not None else "?")
+
+
+def _prepare_report_section(report: Dict[str, Any]) -> List[str]:
+    """Summary of an ``eurotron-prepare`` report: volumes in and out, removals per reason, PII, languages."""
+    docs, tokens = report.get("documents") or {}, report.get("tokens") or {}
+    out = ["Summary of the data pipeline's report (full report: `data_report.json`, `data_report.md`):", "",
+           f"- Documents: {_count(docs.get('read'))} read, {_count(docs.get('out'))} kept, "
+           f"{_count(docs.get('removed'))} removed by filters",
+           f"- Tokens: {_count(tokens.get('in'))} in, {_count(tokens.get('out'))} kept, "
+           f"{_count(tokens.get('removed'))} removed"]
+    removed = report.get("removed") or {}
+    if removed:
+        out += ["", "| removed because | documents | tokens | share of tokens |", "|---|---|---|---|"]
+        for reason, entry in removed.items():
+            share = entry.get("token_share")
+            out.append(f"| {entry.get('description', reason)} | {_count(entry.get('docs'))} | "
+                       f"{_count(entry.get('tokens'))} | {f'{100 * share:.2f}%' if isinstance(share, float) else '?'} |")
+        out.append("")
+    else:
+        out.append("- No document was removed by the opt-out, block-list or deduplication filters")
+    pii = report.get("pii") or {}
+    if pii.get("replaced"):
+        kinds = ", ".join(f"{kind} {_count(n)}" for kind, n in pii["replaced"].items())
+        out.append(f"- Personal data replaced: {kinds} (in {_count(pii.get('documents'))} documents)")
+    languages = (report.get("languages") or {}).get("out") or {}
+    if languages:
+        out.append("- Languages kept (documents): " + ", ".join(f"{k} {_count(v)}" for k, v in list(languages.items())[:12]))
+    period = (report.get("crawl_period") or {}).get("out") or {}
+    if period.get("first"):
+        out.append(f"- Crawl period of kept documents: {period['first']} to {period.get('last')}")
+    return out
+
+
 def _report_section(report: Any) -> List[str]:
+    if isinstance(report, dict) and report.get("format") == "eurotron-prepare-report":
+        return _prepare_report_section(report)
     summary = report.get("summary", report) if isinstance(report, dict) else report
     lines = _flatten(summary)
     out = ["The data pipeline's report (`report.json`, copied here as `data_report.json`) says:", "", "```"]
@@ -82,14 +119,15 @@ def _report_section(report: Any) -> List[str]:
     return out + ["```"]
 
 
-def _manifest_section(manifest: Dict[str, Any]) -> List[str]:
+def _manifest_section(manifest: Dict[str, Any], with_documents: bool = True) -> List[str]:
+    """Source, document counts (unless a report gives them), splits and tokenizer from manifest.json."""
     out: List[str] = []
     source = manifest.get("source") or {}
     if source:
         where = source.get("path") or source.get("name") or "the corpus shipped with eurotron"
         out.append(f"- Source: `{source.get('type', '?')}` ({where})")
     docs = manifest.get("documents") or {}
-    if docs:
+    if docs and with_documents:
         skipped = docs.get("skipped") or {}
         skipped_text = ", ".join(f"{k}: {v}" for k, v in skipped.items()) or "none"
         out.append(f"- Documents: {docs.get('read', '?')} read, {docs.get('kept', '?')} kept (skipped: {skipped_text})")
@@ -150,6 +188,32 @@ def _architecture_table(cfg: ModelConfig, family: Family, num_params: int, dtype
     return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
 
 
+def _training_section(state: Dict[str, Any], cfg: Dict[str, Any]) -> List[str]:
+    """Steps and tokens seen (trainer.json), batch, optimizer, schedule and layout (the run config)."""
+    lines: List[str] = []
+    if state.get("converted_from"):
+        lines.append(f"Imported from Hugging Face `{state['converted_from']}` by `eurotron-convert from-hf`; "
+                     f"not trained by eurotron since (tokens seen: {state.get('tokens_seen', 0):,}).")
+    else:
+        tokens = state.get("tokens_seen")
+        lines.append(f"- Optimizer steps: {state.get('step', 'unknown')}")
+        lines.append(f"- Tokens seen: {tokens:,}" if isinstance(tokens, int) else "- Tokens seen: unknown")
+    data_cfg, optim, sched = cfg.get("data") or {}, cfg.get("optim") or {}, cfg.get("scheduler") or {}
+    if data_cfg.get("seq_len"):
+        lines.append(f"- Sequence length {data_cfg.get('seq_len')}, global batch {data_cfg.get('global_batch_size')} sequences")
+    if optim:
+        lines.append(f"- Optimizer: {optim.get('name')} (lr {optim.get('lr')}, betas ({optim.get('beta1')}, "
+                     f"{optim.get('beta2')}), weight decay {optim.get('weight_decay')}, grad clip {optim.get('grad_clip')})")
+    if sched:
+        lines.append(f"- Schedule: {sched.get('name')} (warmup {sched.get('warmup_steps')} steps, "
+                     f"min lr ratio {sched.get('min_lr_ratio')})")
+    layout = state.get("layout") or cfg.get("parallel") or {}
+    if layout:
+        lines.append(f"- Parallel layout: TP {layout.get('tp', 1)} × PP {layout.get('pp', 1)} × DP "
+                     f"{layout.get('dp_replicate', 1)}×{layout.get('dp_shard', 1)} (replicate × shard)")
+    return lines
+
+
 def render_model_card(
     model_cfg: ModelConfig,
     family: Family,
@@ -189,28 +253,8 @@ def render_model_card(
         "## Training",
         "",
     ]
-    state = trainer_state or {}
-    if state.get("converted_from"):
-        lines.append(f"Imported from Hugging Face `{state['converted_from']}` by `eurotron-convert from-hf`; "
-                     f"not trained by eurotron since (tokens seen: {state.get('tokens_seen', 0):,}).")
-    else:
-        tokens = state.get("tokens_seen")
-        lines.append(f"- Optimizer steps: {state.get('step', 'unknown')}")
-        lines.append(f"- Tokens seen: {tokens:,}" if isinstance(tokens, int) else "- Tokens seen: unknown")
     cfg = OmegaConf.to_container(run_config, resolve=False) if run_config is not None else {}
-    data_cfg, optim, sched = cfg.get("data") or {}, cfg.get("optim") or {}, cfg.get("scheduler") or {}
-    if data_cfg.get("seq_len"):
-        lines.append(f"- Sequence length {data_cfg.get('seq_len')}, global batch {data_cfg.get('global_batch_size')} sequences")
-    if optim:
-        lines.append(f"- Optimizer: {optim.get('name')} (lr {optim.get('lr')}, betas ({optim.get('beta1')}, "
-                     f"{optim.get('beta2')}), weight decay {optim.get('weight_decay')}, grad clip {optim.get('grad_clip')})")
-    if sched:
-        lines.append(f"- Schedule: {sched.get('name')} (warmup {sched.get('warmup_steps')} steps, "
-                     f"min lr ratio {sched.get('min_lr_ratio')})")
-    layout = state.get("layout") or cfg.get("parallel") or {}
-    if layout:
-        lines.append(f"- Parallel layout: TP {layout.get('tp', 1)} × PP {layout.get('pp', 1)} × DP "
-                     f"{layout.get('dp_replicate', 1)}×{layout.get('dp_shard', 1)} (replicate × shard)")
+    lines += _training_section(trainer_state or {}, cfg)
     lines += ["", "## Memorisation mitigation (Goldfish loss)", ""]
     lines += _goldfish_section(cfg.get("loss") or {}) if cfg else ["Unknown: the checkpoint has no run config."]
     lines += ["", "## Training data", ""]
@@ -220,7 +264,7 @@ def render_model_card(
     else:
         lines.append(f"Prepared by `eurotron-prepare` into `{data.path}`.")
         if data.manifest:
-            lines += ["", *_manifest_section(data.manifest)]
+            lines += ["", *_manifest_section(data.manifest, with_documents=data.report is None)]
         if data.report is not None:
             lines += ["", *_report_section(data.report)]
         else:

@@ -131,7 +131,7 @@ def goldfish_drop_mask(labels: Any, k: int, h: int, strategy: str = "hash", star
         raise ValueError(f"goldfish strategy={strategy!r}: must be one of {', '.join(STRATEGIES)}")
     labels = _check_labels(labels)
     device = labels.device
-    rows = labels.reshape(-1, labels.shape[-1]) if labels.dim() == 2 else labels.unsqueeze(0)
+    rows = labels if labels.dim() == 2 else labels.unsqueeze(0)
     drop = torch.zeros(rows.shape, dtype=torch.bool)
     if strategy == "static":
         drop[:, start::k] = True

@@ -264,7 +264,10 @@ class BatchLoader:
         self.seed, self.shuffle = seed, shuffle
         self.consumed_samples = consumed_samples
         self.batch_transform = batch_transform
-        self.sampler = GlobalSampler(dataset, seq_len, seed, shuffle)
+        # A dataset may bring its own sampler (a blend of several datasets: data/blend.py).
+        make_sampler = getattr(dataset, "make_sampler", None)
+        self.sampler = (make_sampler(seq_len, seed, shuffle) if make_sampler is not None
+                        else GlobalSampler(dataset, seq_len, seed, shuffle))
 
     @property
     def samples_per_epoch(self) -> int:

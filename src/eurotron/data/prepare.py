@@ -1,16 +1,21 @@
 """eurotron-prepare's work: raw documents → tokenizer → packed token shards + manifest.
 
-Pass 1 streams the corpus into the SentencePiece trainer (or loads the given tokenizer); pass 2
-streams it again, tokenizes in batches and writes every n-th kept document to the ``eval`` split,
-the rest to ``train``. Everything is written into a temporary sibling directory that is renamed
-into place at the end, so ``output_dir`` is either absent, the previous dataset, or complete.
-Documents that are empty (or whitespace only) are skipped, counted and reported, never dropped
-silently.
+Both passes stream the corpus in batches through the stage of ``filters/stage.py`` (in
+``num_workers`` processes, results in corpus order): parsing, then — with ``filters.enabled`` —
+domain lists, opt-out (robots.txt, TDMRep, from a snapshot), PII scrubbing and dedup keys; the
+dedup decisions are taken here, in order. Pass 1 feeds the kept, scrubbed texts to the SentencePiece
+trainer (or loads the given tokenizer), so removed documents never shape the vocabulary; pass 2
+tokenizes and writes every n-th kept document to the ``eval`` split, the rest to ``train``, and
+writes ``report.json`` / ``report.md`` (what was read, removed and why, scrubbed and kept).
+
+Everything is written into a temporary sibling directory that is renamed into place at the end, so
+``output_dir`` is either absent, the previous dataset, or complete. Documents that are empty (or
+whitespace only) are skipped, counted and reported, never dropped silently; so are bad records
+under ``bad_records=skip`` (under ``fail`` the first one stops the run, naming its file and line).
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 import sys
@@ -22,22 +27,23 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List
-
-import numpy as np
+from typing import Any, Dict, Iterable, Iterator, Optional
 
 from .. import __version__
 from ..config import PrepareConfig, to_object
 from .errors import DataError
+from .filters.dedup import Deduplicator, lsh_parameters
+from .filters.lists import DomainLists
+from .filters.pii import PiiScrubber
+from .filters.report import REPORT_JSON, REPORT_MD, ReportBuilder, write_reports
+from .filters.stage import BAD_RECORD_POLICIES, BatchResult, StageSettings, effective_policy, uses_snapshot
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, TOKENIZER_DIR, write_manifest
-from .readers import iter_documents
+from .readers import iter_rows
 from .shards import ShardWriter, dtype_name, token_dtype
 from .tokenizer import Tokenizer, train_sentencepiece
+from .workers import run_stage
 
 TOKENIZER_TYPES = ("sentencepiece", "hf")
-# Documents are tokenized in batches of this many documents or characters, whichever comes first.
-BATCH_DOCS = 1024
-BATCH_CHARS = 8_000_000
 
 
 def prepare(cfg: PrepareConfig, progress: bool = True) -> Dict[str, Any]:
@@ -47,11 +53,14 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> Dict[str, Any]:
     _check_config(cfg)
     out = Path(cfg.output_dir).expanduser().resolve()
     _check_output(out, cfg.overwrite)
+    settings = _stage_settings(cfg)
     with _staging_dir(out) as tmp:
         started = time.perf_counter()
-        tokenizer = _build_tokenizer(cfg, tmp / TOKENIZER_DIR, progress)
+        tokenizer = _build_tokenizer(cfg, settings, tmp / TOKENIZER_DIR, progress)
         tokenizer_s = time.perf_counter() - started
-        splits, documents = _write_splits(cfg, tokenizer, tmp, progress)
+        settings.tokenizer_dir = str(tmp / TOKENIZER_DIR)
+        report = ReportBuilder(_report_header(cfg, out, settings))
+        splits, documents = _write_splits(cfg, settings, tokenizer, tmp, report, progress)
         timing = _timing(tokenizer_s, time.perf_counter() - started, splits, documents)
         manifest = {
             "format": FORMAT,
@@ -70,9 +79,50 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> Dict[str, Any]:
         }
         if tokenizer.training_chars is not None:
             manifest["tokenizer"]["training_chars"] = tokenizer.training_chars
+        report_json = report.to_json({
+            "splits": {name: {"docs": s["docs"], "tokens": s["tokens"]} for name, s in splits.items()},
+            "tokenizer": manifest["tokenizer"], "timing": timing,
+        })
+        write_reports(tmp, report_json)
+        manifest["report"] = {"json": REPORT_JSON, "markdown": REPORT_MD,
+                              "removed": {k: v["docs"] for k, v in report_json["removed"].items()}}
         write_manifest(tmp, manifest)
         _move_into_place(tmp, out, cfg.overwrite)
     return manifest
+
+
+def _stage_settings(cfg: PrepareConfig) -> StageSettings:
+    snapshot = None
+    if uses_snapshot(cfg.filters):
+        from .filters.snapshot import resolve_snapshot_path
+
+        snapshot = str(resolve_snapshot_path(cfg.filters.snapshot))
+    return StageSettings(filters=cfg.filters, text_field=cfg.source.text_field, bad_records=cfg.bad_records,
+                         snapshot=snapshot)
+
+
+def _report_header(cfg: PrepareConfig, out: Path, settings: StageSettings) -> Dict[str, Any]:
+    header: Dict[str, Any] = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "eurotron_version": __version__,
+        "output_dir": str(out),
+        "source": asdict(cfg.source),
+        "bad_records": cfg.bad_records,
+        "num_workers": cfg.num_workers,
+        "filters": asdict(cfg.filters),
+    }
+    if cfg.filters.enabled:
+        header["policy"] = effective_policy(cfg.filters)
+        if cfg.filters.dedup.near:
+            bands, rows = lsh_parameters(cfg.filters.dedup.threshold, cfg.filters.dedup.num_perm)
+            header["dedup_lsh"] = {"bands": bands, "rows": rows}
+    if settings.snapshot is not None:
+        from .filters.snapshot import SnapshotStore
+
+        store = SnapshotStore(settings.snapshot)
+        header["snapshot"] = store.summary()
+        store.close()
+    return header
 
 
 def _timing(tokenizer_s: float, total_s: float, splits: Dict[str, Any], documents: Dict[str, Any]) -> Dict[str, float]:
@@ -124,8 +174,36 @@ def _check_config(cfg: PrepareConfig) -> None:
         )
     if not cfg.output_dir:
         problems.append("output_dir is not set")
+    if cfg.num_workers < 0:
+        problems.append(f"num_workers={cfg.num_workers}: must be 0 (this process) or a number of worker processes")
+    if cfg.bad_records not in BAD_RECORD_POLICIES:
+        problems.append(f"bad_records={cfg.bad_records!r}: must be one of {', '.join(BAD_RECORD_POLICIES)}")
+    if cfg.filters.enabled:
+        problems += _filter_problems(cfg)
     if problems:
         raise DataError("invalid prepare config:\n  " + "\n  ".join(problems))
+
+
+def _filter_problems(cfg: PrepareConfig) -> list:
+    f, problems = cfg.filters, []
+    for check in (lambda: effective_policy(f), lambda: PiiScrubber(f.pii.kinds),
+                  lambda: DomainLists(f.block_domains, f.allow_domains),
+                  lambda: f.dedup.near and lsh_parameters(f.dedup.threshold, f.dedup.num_perm)):
+        try:
+            check()
+        except DataError as err:
+            problems.append(str(err))
+    if f.dedup.near and (f.dedup.num_perm < 2 or f.dedup.shingle_words < 1):
+        problems.append(f"filters.dedup: num_perm={f.dedup.num_perm} must be >= 2 and shingle_words="
+                        f"{f.dedup.shingle_words} >= 1")
+    if uses_snapshot(f):
+        if not f.snapshot:
+            problems.append("filters.snapshot is not set: the opt-out filter decides from a snapshot (build one "
+                            "with `eurotron-optout fetch`), or turn it off with filters.optout.robots=false "
+                            "filters.optout.tdmrep=false")
+        if f.optout.robots and not f.optout.agents:
+            problems.append("filters.optout.agents is empty: list the crawlers whose robots.txt rules count")
+    return problems
 
 
 def _check_output(out: Path, overwrite: bool) -> None:
@@ -159,16 +237,43 @@ def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
 
 
 # --------------------------------------------------------------------------------------- tokenizer
-def _progress(items: Iterable[Any], enabled: bool, desc: str) -> Iterable[Any]:
+def _progress(enabled: bool, desc: str):
     if not enabled:
-        return items
+        return None
     from tqdm.auto import tqdm
 
     # disable=None: a bar on a terminal, nothing in a log file.
-    return tqdm(items, desc=desc, unit=" docs", file=sys.stderr, disable=None, mininterval=1.0)
+    return tqdm(desc=desc, unit=" docs", file=sys.stderr, disable=None, mininterval=1.0)
 
 
-def _build_tokenizer(cfg: PrepareConfig, out_dir: Path, progress: bool) -> Tokenizer:
+def _stream(cfg: PrepareConfig, settings: StageSettings, progress: bool, desc: str) -> Iterator[BatchResult]:
+    """The stage's results for the whole source, in order, with a progress bar."""
+    bar = _progress(progress, desc)
+    try:
+        for count, result in run_stage(settings, iter_rows(cfg.source), cfg.num_workers):
+            if bar is not None:
+                bar.update(count)
+            yield result
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _training_texts(cfg: PrepareConfig, settings: StageSettings, progress: bool) -> Iterator[str]:
+    """The texts pass 2 would keep (filtered, scrubbed, deduplicated), for tokenizer training."""
+    dedup = Deduplicator(cfg.filters.dedup.exact, cfg.filters.dedup.near) if cfg.filters.enabled else None
+    stream = _stream(cfg, settings, progress, "tokenizer training")
+    try:
+        for result in stream:
+            verdicts = dedup.decide(result.keys) if dedup is not None else [None] * len(result.candidates)
+            for text, verdict in zip(result.texts, verdicts):
+                if verdict is None:
+                    yield text
+    finally:
+        stream.close()
+
+
+def _build_tokenizer(cfg: PrepareConfig, settings: StageSettings, out_dir: Path, progress: bool) -> Tokenizer:
     tok = cfg.tokenizer
     if tok.type == "hf":
         tokenizer = Tokenizer.from_hf(tok.path)
@@ -180,66 +285,51 @@ def _build_tokenizer(cfg: PrepareConfig, out_dir: Path, progress: bool) -> Token
         tokenizer = Tokenizer.load(given) if given.is_dir() else Tokenizer.from_sentencepiece(given)
         tokenizer.save(out_dir)
         return tokenizer
-    texts = (doc["text"] for doc in _progress(iter_documents(cfg.source), progress, "tokenizer training")
-             if doc["text"].strip())
-    return train_sentencepiece(texts, out_dir, tok.vocab_size, tok.model_type, tok.max_training_chars)
+    texts = _training_texts(cfg, settings, progress)
+    try:
+        return train_sentencepiece(texts, out_dir, tok.vocab_size, tok.model_type, tok.max_training_chars)
+    finally:
+        texts.close()  # stops the workers when the trainer had enough characters
 
 
 # ------------------------------------------------------------------------------------------ shards
-def _batches(documents: Iterator[Dict[str, Any]], counts: Counter) -> Iterator[List[str]]:
-    """Texts of the non-empty documents in batches; counts what was read, skipped and languages."""
-    batch: List[str] = []
-    chars = 0
-    for doc in documents:
-        counts["read"] += 1
-        text = doc["text"]
-        if not text.strip():
-            counts["skipped_empty"] += 1
-            continue
-        lang = doc.get("lang")
-        if isinstance(lang, str):
-            counts[f"lang:{lang}"] += 1
-        batch.append(text)
-        chars += len(text)
-        if len(batch) >= BATCH_DOCS or chars >= BATCH_CHARS:
-            yield batch
-            batch, chars = [], 0
-    if batch:
-        yield batch
-
-
-def _with_eos(ids: List[List[int]], eos_id: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One flat token array of the documents, each followed by EOS, and the document end offsets."""
-    lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
-    ends = np.cumsum(lengths)
-    flat = np.full(int(ends[-1]), eos_id, dtype=np.int64)
-    body = np.ones(len(flat), dtype=bool)
-    body[ends - 1] = False
-    flat[body] = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(body.sum()))
-    if flat.min() < 0 or flat.max() >= vocab_size:
-        raise DataError(f"the tokenizer produced ids outside [0, {vocab_size}); its vocabulary size is wrong")
-    return flat, ends
-
-
-def _write_splits(cfg: PrepareConfig, tokenizer: Tokenizer, root: Path, progress: bool):
+def _write_splits(cfg: PrepareConfig, settings: StageSettings, tokenizer: Tokenizer, root: Path,
+                  report: ReportBuilder, progress: bool):
     every = cfg.eval_every_nth_document
     names = ["train", "eval"] if every else ["train"]
     writers = {name: ShardWriter(root / name, name, tokenizer.vocab_size, cfg.shard_tokens) for name in names}
     docs = {name: 0 for name in names}
-    counts: Counter = Counter()
+    dedup = Deduplicator(cfg.filters.dedup.exact, cfg.filters.dedup.near) if cfg.filters.enabled else None
+    skipped: Counter = Counter()
+    languages: Counter = Counter()
     kept = 0
-    dtype = token_dtype(tokenizer.vocab_size)
-    documents = _progress(iter_documents(cfg.source), progress, "tokenizing")
-    for texts in _batches(iter(documents), counts):
-        flat, ends = _with_eos(tokenizer.encode_batch(texts), tokenizer.eos_id, tokenizer.vocab_size)
-        flat = flat.astype(dtype)
-        start = 0
-        for end in ends.tolist():
+    for result in _stream(cfg, settings, progress, "tokenizing"):
+        report.signal_counts(result.signals)
+        verdicts = dedup.decide(result.keys) if dedup is not None else [None] * len(result.candidates)
+        candidate = {i: (k, v) for k, (i, v) in enumerate(zip(result.candidates, verdicts))}
+        for i, kind in enumerate(result.kinds):
+            if kind != "doc":
+                skipped[kind] += 1
+                if kind == "empty":
+                    report.empty_record()
+                else:
+                    report.bad_record(kind, result.where[i])
+                continue
+            reason, detail, pii = result.reasons[i], result.details[i], None
+            if i in candidate:
+                k, reason = candidate[i]
+                pii = result.pii[k]
+            report.document(result.hosts[i], result.langs[i], result.dates[i], result.chars[i],
+                            result.tokens[i], reason, detail, pii)
+            if reason is not None:
+                continue
+            if isinstance(result.langs[i], str):
+                languages[result.langs[i]] += 1
+            start = 0 if k == 0 else int(result.ends[k - 1])
             split = "eval" if every and kept % every == every - 1 else "train"
-            writers[split].add_document(flat[start:end])
+            writers[split].add_document(result.flat[start:int(result.ends[k])])
             docs[split] += 1
             kept += 1
-            start = end
     splits = {}
     for name, writer in writers.items():
         shards = writer.close()
@@ -247,15 +337,19 @@ def _write_splits(cfg: PrepareConfig, tokenizer: Tokenizer, root: Path, progress
     if docs["train"] == 0:
         raise DataError(
             f"source {cfg.source.type}:{cfg.source.path or ''} gave no training documents "
-            f"({counts['read']} read, {counts['skipped_empty']} empty); check source.path and source.text_field"
+            f"({report.read} read, {skipped['empty']} empty, {sum(skipped.values()) - skipped['empty']} bad, "
+            f"{report.read - sum(skipped.values())} removed by the filters); check source.path, "
+            f"source.text_field and the filters"
         )
     if every and docs["eval"] == 0:  # fewer documents than eval_every_nth_document
         del splits["eval"]
         shutil.rmtree(root / "eval", ignore_errors=True)
     documents_info = {
-        "read": counts["read"],
+        "read": report.read,
         "kept": kept,
-        "skipped": {"empty": counts["skipped_empty"]},
-        "languages": {key[5:]: n for key, n in sorted(counts.items()) if key.startswith("lang:")},
+        "skipped": {"empty": skipped.pop("empty", 0), **dict(sorted(skipped.items()))},
+        "languages": dict(sorted(languages.items())),
     }
+    if cfg.filters.enabled:
+        documents_info["removed"] = report.read - kept - sum(documents_info["skipped"].values())
     return splits, documents_info

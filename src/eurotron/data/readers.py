@@ -4,6 +4,12 @@
 `datasets`) at a time, so a corpus of any size streams through in bounded memory. Every document
 comes out as a dict whose ``"text"`` key holds the text (read from ``source.text_field``); all other
 fields of the record (url, lang, date, ...) are passed through unchanged.
+
+Underneath, `iter_rows(source)` yields the raw records — a JSONL line as bytes, a Parquet or
+`datasets` row as a dict — with where each came from, and `parse_record` turns one into a document
+or raises a `BadRecord` naming its kind (malformed_json, invalid_utf8, not_an_object,
+missing_text, text_not_string). eurotron-prepare parses in its worker processes and, with
+``bad_records=skip``, counts bad records per kind instead of stopping.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import gzip
 import io
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..config import SourceConfig
 from ..paths import DEMO_CORPUS
@@ -29,20 +35,50 @@ Document = Dict[str, Any]
 
 def iter_documents(source: SourceConfig) -> Iterator[Document]:
     """Yield the documents of `source` one by one (see the module docstring for their shape)."""
+    rows = iter_rows(source)
+    return (parse_record(raw, source.text_field, where) for where, raw in rows)
+
+
+def iter_rows(source: SourceConfig) -> Iterator[Tuple[str, Any]]:
+    """Yield ``(where, raw record)`` of `source`: "file:line" or "file: row n", and bytes or a dict."""
     if source.type == "jsonl":
-        return _iter_jsonl(_files(source, JSONL_SUFFIXES), source.text_field)
+        return _jsonl_rows(_files(source, JSONL_SUFFIXES))
     if source.type == "parquet":
-        return _iter_parquet(_files(source, PARQUET_SUFFIXES), source.text_field)
+        return _parquet_rows(_files(source, PARQUET_SUFFIXES), source.text_field)
     if source.type == "hf":
-        return _iter_hf(source)
+        return _hf_rows(source)
     if source.type == "demo":
         if not DEMO_CORPUS.is_file():
             raise DataError(
                 f"the demo corpus {DEMO_CORPUS} is missing from this installation; reinstall eurotron "
                 f"from a full checkout, or set source.type=jsonl source.path=/path/to/corpus.jsonl"
             )
-        return _iter_jsonl([DEMO_CORPUS], source.text_field)
+        return _jsonl_rows([DEMO_CORPUS])
     raise DataError(f"source.type={source.type!r}: must be one of {', '.join(SOURCE_TYPES)}")
+
+
+class BadRecord(DataError):
+    """One record cannot be read as a document; `kind` names why (for counting)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def parse_record(raw: Any, field: str, where: str) -> Document:
+    """A raw record (a JSONL line's bytes, or a row dict) as a document; raises BadRecord."""
+    if isinstance(raw, (bytes, bytearray)):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise BadRecord("invalid_utf8", f"{where}: the line is not valid UTF-8 ({err.reason} at byte {err.start})") from None
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise BadRecord("malformed_json", f"{where}: malformed JSON line ({err.msg} at column {err.colno})") from None
+        if not isinstance(raw, dict):
+            raise BadRecord("not_an_object", f"{where}: expected a JSON object per line, got {type(raw).__name__}")
+    return _document(raw, field, where)
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -74,11 +110,12 @@ def _missing_field(where: str, field: str, available: Sequence[str]) -> DataErro
 def _document(record: Dict[str, Any], field: str, where: str) -> Document:
     """The record with its text under "text", after checking the text is there and is a string."""
     if field not in record:
-        raise _missing_field(where, field, list(record))
+        raise BadRecord("missing_text", str(_missing_field(where, field, list(record))))
     text = record[field]
     if not isinstance(text, str):
-        raise DataError(
-            f"{where}: field {field!r} (source.text_field) holds a {type(text).__name__}, not a string"
+        raise BadRecord(
+            "text_not_string",
+            f"{where}: field {field!r} (source.text_field) holds a {type(text).__name__}, not a string",
         )
     if field == "text":
         return record
@@ -88,39 +125,31 @@ def _document(record: Dict[str, Any], field: str, where: str) -> Document:
 
 
 # ------------------------------------------------------------------------------------------ JSONL
-def _open_text(path: Path) -> io.TextIOBase:
-    # utf-8-sig: a byte-order mark some Windows tools write is not part of the first record.
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8-sig")
-    return open(path, "r", encoding="utf-8-sig")
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
 
-def _iter_jsonl(files: Sequence[Path], field: str) -> Iterator[Document]:
+def _jsonl_rows(files: Sequence[Path]) -> Iterator[Tuple[str, bytes]]:
+    """Non-blank lines as bytes; a byte-order mark some Windows tools write is not part of the first."""
     for path in files:
-        with _open_text(path) as handle:
+        with _open_binary(path) as handle:
             line_no = 0
             while True:
                 try:
                     line = handle.readline()
-                except (UnicodeDecodeError, OSError, EOFError) as err:
+                except (OSError, EOFError) as err:
                     raise DataError(f"{path}:{line_no + 1}: cannot read the file ({err})") from err
                 if not line:
                     break
                 line_no += 1
-                if not line.strip():
-                    continue
-                where = f"{path}:{line_no}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{where}: malformed JSON line ({err.msg} at column {err.colno})") from err
-                if not isinstance(record, dict):
-                    raise DataError(f"{where}: expected a JSON object per line, got {type(record).__name__}")
-                yield _document(record, field, where)
+                if line_no == 1 and line.startswith(b"\xef\xbb\xbf"):
+                    line = line[3:]
+                if line.strip():
+                    yield f"{path}:{line_no}", line
 
 
 # ---------------------------------------------------------------------------------------- Parquet
-def _iter_parquet(files: Sequence[Path], field: str) -> Iterator[Document]:
+def _parquet_rows(files: Sequence[Path], field: str) -> Iterator[Tuple[str, Dict[str, Any]]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -139,7 +168,7 @@ def _iter_parquet(files: Sequence[Path], field: str) -> Iterator[Document]:
         for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
             for record in batch.to_pylist():
                 row += 1
-                yield _document(record, field, f"{path}: row {row}")
+                yield f"{path}: row {row}", record
 
 
 # ------------------------------------------------------------------------------ Hugging Face datasets
@@ -163,16 +192,16 @@ def _builder_for(path: Path) -> Optional[str]:
     return None
 
 
-def _iter_hf(source: SourceConfig) -> Iterator[Document]:
+def _hf_rows(source: SourceConfig) -> Iterator[Tuple[str, Dict[str, Any]]]:
     if not source.path:
         raise DataError("source.path is not set; source.type=hf needs a dataset name or a local path")
     path = Path(source.path).expanduser()
     if _is_saved_dataset(path):
-        return _iter_saved_dataset(path, source)
-    return _iter_streaming_dataset(path, source)
+        return _saved_dataset_rows(path, source)
+    return _streaming_dataset_rows(path, source)
 
 
-def _iter_saved_dataset(path: Path, source: SourceConfig) -> Iterator[Document]:
+def _saved_dataset_rows(path: Path, source: SourceConfig) -> Iterator[Tuple[str, Dict[str, Any]]]:
     import datasets
 
     loaded = datasets.load_from_disk(str(path))
@@ -191,10 +220,10 @@ def _iter_saved_dataset(path: Path, source: SourceConfig) -> Iterator[Document]:
         columns = list(batch)
         for values in zip(*(batch[c] for c in columns)):
             row += 1
-            yield _document(dict(zip(columns, values)), source.text_field, f"{path}: row {row}")
+            yield f"{path}: row {row}", dict(zip(columns, values))
 
 
-def _iter_streaming_dataset(path: Path, source: SourceConfig) -> Iterator[Document]:
+def _streaming_dataset_rows(path: Path, source: SourceConfig) -> Iterator[Tuple[str, Dict[str, Any]]]:
     import datasets
 
     kwargs: Dict[str, Any] = {"split": source.split, "streaming": True}
@@ -220,9 +249,5 @@ def _iter_streaming_dataset(path: Path, source: SourceConfig) -> Iterator[Docume
         stream = datasets.load_dataset(*args, **kwargs)
     except (FileNotFoundError, ValueError, ConnectionError) as err:
         raise DataError(f"source.path={source.path}: cannot open with `datasets` ({err})") from err
-    return _iter_stream(stream, source, str(path))
-
-
-def _iter_stream(stream: Any, source: SourceConfig, where: str) -> Iterator[Document]:
     for row, record in enumerate(stream, start=1):
-        yield _document(dict(record), source.text_field, f"{where}: row {row}")
+        yield f"{path}: row {row}", dict(record)

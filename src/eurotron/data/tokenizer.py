@@ -42,7 +42,11 @@ def sha256_file(path: Path | str, chunk: int = 1 << 22) -> str:
 
 
 def _threads() -> int:
-    return max(1, min(os.cpu_count() or 1, 16))
+    try:
+        cores = len(os.sched_getaffinity(0))  # the cores this process may run on (taskset, Slurm)
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 16))
 
 
 class Tokenizer:
@@ -80,12 +84,14 @@ class Tokenizer:
     def encode(self, text: str) -> List[int]:
         return self.encode_batch([text])[0]
 
-    def encode_batch(self, texts: Sequence[str]) -> List[List[int]]:
+    def encode_batch(self, texts: Sequence[str], num_threads: Optional[int] = None) -> List[List[int]]:
+        """Token ids of each text; `num_threads` caps SentencePiece's threads (default: the cores
+        this process may use, at most 16)."""
         texts = list(texts)
         if not texts:
             return []
         if self.kind == "sentencepiece":
-            return self._backend.encode(texts, out_type=int, num_threads=_threads())
+            return self._backend.encode(texts, out_type=int, num_threads=num_threads or _threads())
         # split_special_tokens: a document that contains the text "</s>" must not produce EOS.
         out = self._backend(texts, add_special_tokens=False, split_special_tokens=True,
                             return_attention_mask=False, return_token_type_ids=False)

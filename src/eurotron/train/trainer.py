@@ -29,6 +29,7 @@ from ..parallel.layout import format_layout, gather_counts
 from ..parallel.mesh import build_mesh, init_distributed, resolve_backend
 from ..parallel.parallelize import parallelize
 from .checkpoint import CheckpointManager, latest_checkpoint, load_checkpoint
+from . import preemption
 from .loss import summed_cross_entropy
 from .metrics import MetricsLogger
 from .optim import build_optimizer
@@ -246,6 +247,8 @@ class Trainer:
                     self.save_checkpoint()
                     saved_at = self.step
                 if cfg.train.stop_after and steps_this_run >= cfg.train.stop_after:
+                    break
+                if preemption.stop_requested(self):  # Slurm's time-limit signal: checkpoint, then requeue/exit
                     break
             if cfg.checkpoint.save_final and saved_at != self.step:
                 self.save_checkpoint()

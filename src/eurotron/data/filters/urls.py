@@ -8,6 +8,7 @@ default ports are dropped.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Optional, Union
 from urllib.parse import urlsplit
@@ -31,6 +32,8 @@ class BadUrl(ValueError):
 
 
 def origin_of(scheme: str, host: str, port: Optional[int]) -> str:
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
     if port is None or port == DEFAULT_PORTS.get(scheme):
         return f"{scheme}://{host}"
     return f"{scheme}://{host}:{port}"
@@ -38,8 +41,8 @@ def origin_of(scheme: str, host: str, port: Optional[int]) -> str:
 
 def normalise_host(host: str) -> str:
     host = host.strip().rstrip(".").lower()
-    if not host:
-        raise BadUrl("bad_url", "empty host")
+    if not host or host.startswith(".") or ".." in host:
+        raise BadUrl("bad_url", f"host {host!r} is not a domain name")
     if host.isascii():
         return host
     try:
@@ -48,12 +51,27 @@ def normalise_host(host: str) -> str:
         raise BadUrl("bad_url", f"host {host!r} is not a valid internationalised domain name ({err})") from None
 
 
+# scheme://host[:port]/path?query#fragment with a plain host; anything else takes urlsplit's path.
+_SIMPLE_URL = re.compile(r"(https?)://([A-Za-z0-9.-]+)(?::(\d{1,5}))?([/?][^#]*)?(?:#.*)?", re.IGNORECASE | re.DOTALL)
+
+
 def parse_url(value: Union[str, object]) -> ParsedUrl:
     """Split a document URL; raises BadUrl with kind no_url, non_http_url or bad_url."""
     if value is None or (isinstance(value, str) and not value.strip()):
         raise BadUrl("no_url")
     if not isinstance(value, str):
         raise BadUrl("bad_url", f"the URL field holds a {type(value).__name__}")
+    simple = _SIMPLE_URL.fullmatch(value.strip())
+    if simple is not None:
+        scheme, host, port, path = simple.groups()
+        port_number = int(port) if port else None
+        if port_number is None or port_number <= 65535:
+            host = host.rstrip(".").lower()
+            if host and not host.startswith(".") and ".." not in host:
+                path = path or "/"
+                if path.startswith("?"):
+                    path = "/" + path
+                return ParsedUrl(origin_of(scheme.lower(), host, port_number), host, path)
     try:
         parts = urlsplit(value.strip())
         port = parts.port

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# A real, single-node Slurm on this machine, for the launcher tests and CI (Debian/Ubuntu, no systemd).
+#
+#   scripts/slurm_local.sh install         apt-get install slurm-wlm (+ munge) when sbatch is missing
+#   eval "$(scripts/slurm_local.sh start)"  start munged, slurmctld and slurmd (idempotent); prints
+#                                         `export SLURM_CONF=...` on stdout, progress on stderr
+#   scripts/slurm_local.sh status          exit 0 when the node answers
+#   scripts/slurm_local.sh stop            scontrol shutdown; end munged when this script started it
+#
+# Everything lives under $EUROTRON_SLURM_DIR (default /tmp/eurotron-slurm): slurm.conf, state, logs.
+# Jobs asking for more tasks than the node has CPUs need `--overcommit` (configs/cluster/local.yaml
+# sets it). Needs root (SlurmUser=root), as a CI machine or a container gives.
+set -euo pipefail
+
+DIR=${EUROTRON_SLURM_DIR:-/tmp/eurotron-slurm}
+CONF=$DIR/slurm.conf
+CTLD_PORT=${EUROTRON_SLURMCTLD_PORT:-6817}
+SLURMD_PORT=${EUROTRON_SLURMD_PORT:-6818}
+
+log() { echo "slurm_local: $*" >&2; }
+
+install() {
+    if command -v sbatch >/dev/null && command -v slurmctld >/dev/null; then
+        log "slurm already installed ($(sbatch --version))"
+        return
+    fi
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq slurm-wlm >/dev/null
+    log "installed $(sbatch --version)"
+}
+
+node_up() {
+    [ -f "$CONF" ] || return 1
+    local state
+    state=$(SLURM_CONF=$CONF timeout 10 sinfo -h -o %T 2>/dev/null | head -n1) || return 1
+    case "$state" in idle*|mix*|alloc*|completing*) return 0 ;; *) return 1 ;; esac
+}
+
+start_munge() {
+    if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+        return
+    fi
+    mkdir -p /run/munge /var/log/munge /var/lib/munge
+    chown munge:munge /run/munge /var/log/munge /var/lib/munge
+    runuser -u munge -- /usr/sbin/munged
+    touch "$DIR/munged.ours"
+    for _ in $(seq 50); do
+        munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return
+        sleep 0.1
+    done
+    log "munged did not come up"
+    exit 1
+}
+
+write_conf() {
+    local host cpus mem
+    host=$(hostname -s)
+    cpus=$(nproc)
+    mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
+    mkdir -p "$DIR/state" "$DIR/spool" "$DIR/log"
+    cat > "$CONF" <<EOF
+# Written by scripts/slurm_local.sh: one node, root, no accounting, no cgroups.
+ClusterName=eurotron-local
+SlurmctldHost=${host}(127.0.0.1)
+SlurmctldPort=${CTLD_PORT}
+SlurmdPort=${SLURMD_PORT}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+# A requeued job becomes eligible again cred_expire+1 seconds later (default 120 s).
+AuthInfo=cred_expire=10
+StateSaveLocation=${DIR}/state
+SlurmdSpoolDir=${DIR}/spool
+SlurmctldPidFile=${DIR}/slurmctld.pid
+SlurmdPidFile=${DIR}/slurmd.pid
+SlurmctldLogFile=${DIR}/log/slurmctld.log
+SlurmdLogFile=${DIR}/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+ReturnToService=2
+MpiDefault=none
+JobRequeue=1
+# Short scheduling and kill intervals: tests wait on dependencies, requeues and time-limit signals.
+SchedulerParameters=sched_interval=2,bf_interval=2
+KillWait=10
+MinJobAge=600
+NodeName=${host} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${mem} State=UNKNOWN
+PartitionName=debug Nodes=${host} Default=YES MaxTime=INFINITE State=UP
+EOF
+}
+
+start() {
+    if node_up; then
+        log "already running ($CONF)"
+        echo "export SLURM_CONF=$CONF"
+        return
+    fi
+    command -v slurmctld >/dev/null || { log "slurm is not installed: run '$0 install' first"; exit 1; }
+    mkdir -p "$DIR"
+    # A half-started cluster from an earlier run: stop it before starting afresh.
+    stop_daemons
+    start_munge
+    write_conf
+    export SLURM_CONF=$CONF
+    /usr/sbin/slurmctld -c -f "$CONF"
+    /usr/sbin/slurmd -f "$CONF"
+    for _ in $(seq 150); do
+        if node_up; then
+            log "node $(hostname -s) up ($(nproc) CPUs), SLURM_CONF=$CONF"
+            echo "export SLURM_CONF=$CONF"
+            return
+        fi
+        sleep 0.2
+    done
+    log "the node did not come up; logs in $DIR/log"
+    tail -n 20 "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" >&2 || true
+    exit 1
+}
+
+stop_pidfile() {
+    local pidfile=$1
+    [ -f "$pidfile" ] || return 0
+    local pid
+    pid=$(cat "$pidfile" 2>/dev/null || true)
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+    rm -f "$pidfile"
+}
+
+stop_daemons() {
+    if [ -f "$CONF" ]; then
+        SLURM_CONF=$CONF timeout 10 scontrol shutdown >/dev/null 2>&1 || true
+    fi
+    stop_pidfile "$DIR/slurmd.pid"
+    stop_pidfile "$DIR/slurmctld.pid"
+}
+
+stop() {
+    stop_daemons
+    if [ -f "$DIR/munged.ours" ]; then
+        stop_pidfile /run/munge/munged.pid
+        rm -f "$DIR/munged.ours"
+    fi
+    log "stopped"
+}
+
+case "${1:-}" in
+    install) install ;;
+    start) start ;;
+    stop) stop ;;
+    status) node_up ;;
+    *) echo "usage: $0 install|start|stop|status" >&2; exit 2 ;;
+esac

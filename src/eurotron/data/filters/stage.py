@@ -1,0 +1,233 @@
+"""The per-batch work of eurotron-prepare, run in worker processes (or in the main one).
+
+A batch of raw records goes in; out comes, per record, what it was (a document, an empty one, or a
+bad record of some kind) and for each document its host, language, date, size, whether the domain
+lists or the opt-out filter removed it, its PII counts and dedup keys — and the tokens of the
+documents still in the running (pass 2) or their texts (pass 1, tokenizer training). Everything
+that needs the whole corpus in order (dedup decisions, shards, the report) stays in the main process.
+
+Order inside the stage: parse → domain lists → opt-out (robots.txt, TDMRep) → PII scrubbing →
+dedup keys → tokens. Documents the lists or the opt-out filter remove are still tokenized (the text
+as read), so the report can say how many tokens each reason removed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ...config import FiltersConfig
+from ..errors import DataError
+from ..readers import BadRecord, parse_record
+from .dedup import DedupKeys, MinHasher, exact_key
+from .lists import DomainLists
+from .optout import OptOutFilter, bad_url_decision
+from .pii import PiiScrubber
+from .robots import resolve_policy
+from .urls import BadUrl, ParsedUrl, parse_url
+
+BAD_RECORD_POLICIES = ("fail", "skip")
+
+
+def effective_policy(filters: FiltersConfig) -> Dict[str, str]:
+    o = filters.optout
+    return resolve_policy(o.policy, {"missing": o.on_missing, "4xx": o.on_4xx, "5xx": o.on_5xx,
+                                     "unparsable": o.on_unparsable, "bad_url": o.on_bad_url,
+                                     "tdmrep_unreadable": o.on_tdmrep_unreadable})
+
+
+def uses_snapshot(filters: FiltersConfig) -> bool:
+    return filters.enabled and (filters.optout.robots or filters.optout.tdmrep)
+
+
+@dataclass
+class StageSettings:
+    filters: FiltersConfig
+    text_field: str
+    bad_records: str
+    # The resolved snapshot directory (None when the opt-out filter is off).
+    snapshot: Optional[str] = None
+    # Pass 2: the saved tokenizer to encode with; pass 1 (None): return the texts instead.
+    tokenizer_dir: Optional[str] = None
+    # SentencePiece threads per encode call (None: the default; 1 in worker processes).
+    encode_threads: Optional[int] = None
+
+
+@dataclass
+class BatchResult:
+    # Per record: "doc", "empty", or the kind of bad record.
+    kinds: List[str]
+    where: List[Optional[str]]  # set for bad records
+    # Per record (None / 0 for non-documents).
+    hosts: List[Optional[str]]
+    langs: List[Any]
+    dates: List[Any]
+    chars: List[int]
+    tokens: List[int]
+    reasons: List[Optional[str]]  # removal by the lists or the opt-out filter
+    details: List[Any]
+    # The documents still in the running ("candidates"), in order.
+    candidates: List[int]
+    keys: DedupKeys
+    pii: List[Dict[str, int]]
+    flat: Optional[np.ndarray] = None  # pass 2: their tokens, each document followed by EOS
+    ends: Optional[np.ndarray] = None
+    texts: Optional[List[str]] = None  # pass 1: their texts
+    signals: Counter = field(default_factory=Counter)
+
+
+class Stage:
+    def __init__(self, settings: StageSettings) -> None:
+        self.settings = settings
+        f = settings.filters
+        self.enabled = f.enabled
+        if settings.bad_records not in BAD_RECORD_POLICIES:
+            raise DataError(f"bad_records={settings.bad_records!r}: must be fail or skip")
+        self.lists = DomainLists(f.block_domains, f.allow_domains) if f.enabled else None
+        self.policy = effective_policy(f)
+        self.optout: Optional[OptOutFilter] = None
+        if uses_snapshot(f):
+            from .snapshot import SnapshotStore
+
+            store = SnapshotStore(settings.snapshot)
+            self.optout = OptOutFilter(store, f.optout.agents, f.optout.wildcard_group, f.optout.robots,
+                                       f.optout.tdmrep, self.policy)
+        self.pii = PiiScrubber(f.pii.kinds) if f.enabled and f.pii.enabled else None
+        self.minhash = (MinHasher(f.dedup.num_perm, f.dedup.shingle_words, f.dedup.threshold)
+                        if f.enabled and f.dedup.near else None)
+        self.tokenizer = None
+        if settings.tokenizer_dir is not None:
+            from ..tokenizer import Tokenizer
+
+            self.tokenizer = Tokenizer.load(settings.tokenizer_dir)
+
+    # ------------------------------------------------------------------------------------ parsing
+    def _parse(self, rows: Sequence[Tuple[str, Any]], result: BatchResult) -> List[Optional[Dict[str, Any]]]:
+        docs: List[Optional[Dict[str, Any]]] = []
+        for where, raw in rows:
+            try:
+                doc = parse_record(raw, self.settings.text_field, where)
+            except BadRecord as err:
+                if self.settings.bad_records == "fail":
+                    raise
+                docs.append(None)
+                result.kinds.append(err.kind)
+                result.where.append(where)
+                continue
+            if not doc["text"].strip():
+                docs.append(None)
+                result.kinds.append("empty")
+                result.where.append(None)
+                continue
+            docs.append(doc)
+            result.kinds.append("doc")
+            result.where.append(None)
+        return docs
+
+    # ------------------------------------------------------------------------------------- filters
+    def _filter(self, doc: Dict[str, Any], signals: Counter) -> Tuple[Optional[str], Optional[str], Any]:
+        """(host, removal reason, detail) from the domain lists and the opt-out filter."""
+        f = self.settings.filters
+        url = doc.get(f.url_field)
+        try:
+            parsed: Optional[ParsedUrl] = parse_url(url)
+        except BadUrl as err:
+            signals[f"url:{err.kind}"] += 1
+            if self.optout is not None:
+                reason, detail = bad_url_decision(self.policy, err.kind)
+                return None, reason, detail
+            return None, None, None
+        if self.lists is not None and self.lists.active:
+            verdict = self.lists.check(parsed.host)
+            if verdict:
+                return parsed.host, verdict, None
+        if self.optout is None:
+            return parsed.host, None, None
+        decision = self.optout.check(url, parsed, doc.get(f.headers_field), doc.get(f.html_field))
+        if f.optout.robots:
+            signals[f"robots:{decision.robots_case}"] += 1
+        if f.optout.tdmrep:
+            signals[f"tdmrep:{decision.tdmrep_status}"] += 1
+        detail = decision.agents if decision.reason == "robots" else decision.detail
+        return parsed.host, decision.reason, detail
+
+    # --------------------------------------------------------------------------------------- batch
+    def process(self, rows: Sequence[Tuple[str, Any]]) -> BatchResult:
+        n = len(rows)
+        bands = self.minhash.bands if self.minhash is not None else 0
+        result = BatchResult(kinds=[], where=[], hosts=[None] * n, langs=[], dates=[], chars=[0] * n,
+                             tokens=[0] * n, reasons=[None] * n, details=[None] * n, candidates=[],
+                             keys=DedupKeys(np.zeros(0, np.uint64), np.zeros((0, bands), np.uint64),
+                                            np.zeros(0, bool)), pii=[])
+        docs = self._parse(rows, result)
+        f = self.settings.filters
+        result.langs = [d.get(f.lang_field) if d is not None else None for d in docs]
+        result.dates = [d.get(f.date_field) if d is not None else None for d in docs]
+        texts: List[Optional[str]] = [d["text"] if d is not None else None for d in docs]
+        for i, doc in enumerate(docs):
+            if doc is None:
+                continue
+            result.chars[i] = len(doc["text"])
+            if self.enabled:
+                result.hosts[i], result.reasons[i], result.details[i] = self._filter(doc, result.signals)
+            else:
+                result.hosts[i] = _host_or_none(doc.get(self.settings.filters.url_field))
+            if result.reasons[i] is None:
+                result.candidates.append(i)
+        kept_texts = [texts[i] for i in result.candidates]
+        if self.pii is not None:
+            scrubbed = self.pii.scrub_batch(kept_texts)
+            kept_texts = [t for t, _ in scrubbed]
+            result.pii = [c for _, c in scrubbed]
+        else:
+            result.pii = [{} for _ in kept_texts]
+        result.keys = self._keys(kept_texts, bands)
+        if self.tokenizer is None:
+            result.texts = kept_texts
+        else:
+            self._tokenize(texts, kept_texts, result)
+        return result
+
+    def _keys(self, texts: List[str], bands: int) -> DedupKeys:
+        f = self.settings.filters
+        exact = np.array([exact_key(t) for t in texts] if self.enabled and f.dedup.exact else [0] * len(texts),
+                         dtype=np.uint64)
+        if self.minhash is not None and texts:
+            band_keys, has = self.minhash.band_keys(texts)
+        else:
+            band_keys, has = np.zeros((len(texts), bands), np.uint64), np.zeros(len(texts), bool)
+        return DedupKeys(exact, band_keys, has)
+
+    def _tokenize(self, texts: List[Optional[str]], kept_texts: List[str], result: BatchResult) -> None:
+        """Encode the candidates (scrubbed) and the removed documents (as read, for counting)."""
+        tok = self.tokenizer
+        removed = [i for i, t in enumerate(texts) if t is not None and result.reasons[i] is not None]
+        ids = tok.encode_batch(kept_texts + [texts[i] for i in removed], self.settings.encode_threads)
+        for i, seq in zip(result.candidates + removed, ids):
+            result.tokens[i] = len(seq) + 1  # + EOS
+        kept_ids = ids[:len(kept_texts)]
+        if not kept_ids:
+            return
+        lengths = np.fromiter((len(x) + 1 for x in kept_ids), dtype=np.int64, count=len(kept_ids))
+        ends = np.cumsum(lengths)
+        flat = np.full(int(ends[-1]), tok.eos_id, dtype=np.int64)
+        body = np.ones(len(flat), dtype=bool)
+        body[ends - 1] = False
+        flat[body] = np.fromiter(itertools.chain.from_iterable(kept_ids), dtype=np.int64, count=int(body.sum()))
+        if flat.min() < 0 or flat.max() >= tok.vocab_size:
+            raise DataError(f"the tokenizer produced ids outside [0, {tok.vocab_size}); its vocabulary size is wrong")
+        from ..shards import token_dtype
+
+        result.flat = flat.astype(token_dtype(tok.vocab_size))
+        result.ends = ends
+
+
+def _host_or_none(url: Any) -> Optional[str]:
+    try:
+        return parse_url(url).host
+    except BadUrl:
+        return None
