@@ -7,6 +7,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.eurotron-installed-$(TORCH_VERSION)
 PYTEST_ARGS ?=
 DEMO_RUN ?= runs/demo
+# The demo trains under a real multi-process layout: TP2 x PP2 on 4 CPU processes (gloo).
+# `make demo DEMO_LAYOUT=single DEMO_NPROC=1` trains in one process instead.
+DEMO_LAYOUT ?= tp2_pp2
+DEMO_NPROC ?= 4
 
 .PHONY: demo test install clean
 
@@ -18,11 +22,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-# prepare data → train the tiny model on CPU → checkpoint → generate text → convert to HF → generate with transformers
+# prepare data → train the tiny model on CPU (TP2 x PP2, 4 processes) → checkpoint → generate text → convert to HF → generate with transformers
 demo: $(STAMP)
 	$(BIN)/eurotron-prepare overwrite=true
 	rm -rf $(DEMO_RUN)
-	$(BIN)/eurotron-train experiment=demo run_dir=$(DEMO_RUN)
+	OMP_NUM_THREADS=1 $(BIN)/torchrun --standalone --nproc-per-node=$(DEMO_NPROC) --no-python \
+		$(BIN)/eurotron-train experiment=demo parallel=$(DEMO_LAYOUT) run_dir=$(DEMO_RUN)
 	$(BIN)/eurotron-generate $(DEMO_RUN) --prompt "Die Bibliothek" --prompt "La ville" --prompt "The railway"
 	$(BIN)/eurotron-convert to-hf $(DEMO_RUN) $(DEMO_RUN)/hf
 	$(BIN)/python scripts/hf_generate.py $(DEMO_RUN)/hf --prompt "Die Bibliothek" --prompt "La ville" --prompt "The railway"

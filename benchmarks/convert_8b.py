@@ -3,8 +3,11 @@
 The checkpoint has Llama-3-8B's shapes (vocab 128256, hidden 4096, FFN 14336, 32/8 heads) with random
 fp32 weights, written as a single-process DCP checkpoint (model tensors only: the converter reads only
 the model's byte ranges, so optimizer state in a real checkpoint costs disk, not time or memory). To
-fit disk and time, it has fewer layers than 32 (``--layers``, default 2 and 4); per-layer cost is the
-difference between the two sizes, and the 32-layer figures are extrapolated linearly from them.
+fit disk and time, it has fewer layers than 32 (``--layers``, default 2 and 4: two sizes show that peak
+RSS does not grow with the model). The 32-layer time is extrapolated from the largest size by bytes
+(conversion streams bytes, so time is proportional to the checkpoint size); peak RSS needs no
+extrapolation for the streaming converter (it is set by the largest tensor, the embedding, whatever the
+depth), while the naive approach holds the whole model, so its peak scales with the size.
 
 Each step runs in a fresh subprocess; a conversion reports its peak RSS as the kernel's high-water mark
 of resident memory of that process (``VmHWM`` in /proc/self/status; ``ru_maxrss`` is not used because
@@ -143,10 +146,10 @@ def same_tensors(a: Path, b: Path, names: List[str]) -> bool:
     return all(torch.equal(find(a, n), find(b, n)) for n in names)
 
 
-def extrapolate(points: Dict[int, float]) -> float:
-    """Value at 32 layers from the two smallest layer counts (linear in the number of layers)."""
-    (l1, v1), (l2, v2) = sorted(points.items())[:2]
-    return v2 + (FULL_LAYERS - l2) * (v2 - v1) / (l2 - l1)
+def full_model_bytes() -> int:
+    from eurotron.convert.families import tensor_specs
+
+    return sum(torch.Size(s.shape).numel() * 4 for s in tensor_specs(model_config(FULL_LAYERS)))
 
 
 def main() -> None:
@@ -187,12 +190,18 @@ def main() -> None:
     largest = results[layer_counts[-1]]["checkpoint"]["largest_bytes"]
     summary = {"dtype": args.dtype, "largest_tensor_bytes": largest, "goal_peak_rss_bytes": 2 * GB + largest,
                "results": results}
-    if len(layer_counts) >= 2:
-        summary["streaming_32_layers_s"] = extrapolate({l: results[l]["streaming"]["seconds"] for l in layer_counts})
-        summary["checkpoint_32_layers_bytes"] = extrapolate(
-            {l: results[l]["checkpoint"]["checkpoint_bytes"] for l in layer_counts})
-        print(f"32 layers (extrapolated): streaming {summary['streaming_32_layers_s']:.0f} s for a "
-              f"{summary['checkpoint_32_layers_bytes'] / GB:.1f} GB fp32 checkpoint")
+    biggest = results[layer_counts[-1]]
+    scale = full_model_bytes() / biggest["checkpoint"]["checkpoint_bytes"]
+    summary["checkpoint_32_layers_bytes"] = full_model_bytes()
+    for mode in ("streaming", "naive"):
+        if mode in biggest:
+            summary[f"{mode}_32_layers_s"] = biggest[mode]["seconds"] * scale
+    if "naive" in biggest:
+        summary["naive_32_layers_peak_rss_bytes"] = biggest["naive"]["peak_rss_bytes"] * scale
+    print(f"32 layers ({full_model_bytes() / GB:.1f} GB fp32 checkpoint), scaled by bytes from {layer_counts[-1]} layers: "
+          + ", ".join(f"{k} {v:.0f}" for k, v in summary.items() if k.endswith("_s"))
+          + (f" s; naive peak RSS ~{summary['naive_32_layers_peak_rss_bytes'] / GB:.0f} GB"
+             if "naive_32_layers_peak_rss_bytes" in summary else " s"))
     print(json.dumps(summary, indent=2))
 
 

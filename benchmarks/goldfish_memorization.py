@@ -28,8 +28,9 @@ from typing import Dict, List
 
 import torch
 
-from eurotron.audit.memorization import AuditModel, audit_documents, eurotron_next_token_fn
+from eurotron.audit.memorization import AuditModel, audit_token_documents, eurotron_next_token_fn
 from eurotron.compose import compose_prepare, compose_train
+from eurotron.data.loader import TokenDataset
 from eurotron.data.prepare import prepare
 from eurotron.data.tokenizer import Tokenizer
 from eurotron.paths import DEMO_CORPUS
@@ -38,28 +39,35 @@ from eurotron.train.metrics import read_metrics
 from eurotron.train.trainer import Trainer
 from eurotron.validation import validate_train_config
 
-
-
-def model_overrides(hidden: int, layers: int) -> List[str]:
-    """A Llama-shaped model: 4 query heads, 2 KV heads, SwiGLU FFN of ~2.75 x hidden, vocab 1024."""
-    return ["model.vocab_size=1024", f"model.hidden_size={hidden}", f"model.num_layers={layers}",
-            "model.num_heads=4", "model.num_kv_heads=2", f"model.ffn_hidden_size={(hidden * 11 // 4 + 15) // 16 * 16}",
-            "model.max_seq_len=512"]
-
 LOSSES = {
     "standard": ["loss=standard"],
     "goldfish": ["loss=goldfish", "loss.k=4", "loss.h=13", "loss.strategy=hash"],
 }
 
 
+def model_overrides(hidden: int, layers: int, seq_len: int) -> List[str]:
+    """A Llama-shaped model: 4 query heads, 2 KV heads, SwiGLU FFN of ~2.75 x hidden, vocab 1024."""
+    ffn = (hidden * 11 // 4 + 15) // 16 * 16
+    return ["model.vocab_size=1024", f"model.hidden_size={hidden}", f"model.num_layers={layers}",
+            "model.num_heads=4", "model.num_kv_heads=2", f"model.ffn_hidden_size={ffn}", f"model.max_seq_len={seq_len}"]
+
+
+def truncate(text: str, max_chars: int) -> str:
+    """The text's first `max_chars` characters at most, cut at a space."""
+    if len(text) <= max_chars:
+        return text
+    cut = text.rfind(" ", 0, max_chars)
+    return text[:cut if cut > 0 else max_chars]
+
+
 def select_documents(n_train: int, n_heldout: int, max_chars: int, seed: int):
-    """Training and held-out documents of the demo corpus (short ones, so a document fits a sample)."""
+    """Training and held-out documents of the demo corpus, shortened to `max_chars` characters."""
     records = [json.loads(line) for line in DEMO_CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
-    records = [r for r in records if len(r["text"]) <= max_chars]
     random.Random(seed).shuffle(records)
     if len(records) < n_train + n_heldout:
-        raise SystemExit(f"only {len(records)} demo documents have <= {max_chars} characters")
-    return records[:n_train], records[n_train:n_train + n_heldout]
+        raise SystemExit(f"the demo corpus has only {len(records)} documents")
+    records = [{**r, "text": truncate(r["text"], max_chars)} for r in records[:n_train + n_heldout]]
+    return records[:n_train], records[n_train:]
 
 
 def write_corpus(train: List[dict], heldout: List[dict], path: Path, every: int) -> None:
@@ -70,16 +78,22 @@ def write_corpus(train: List[dict], heldout: List[dict], path: Path, every: int)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines), encoding="utf-8")
 
 
+def split_documents(data: Path, split: str) -> List[List[int]]:
+    """The token ids of every document of a prepared split, as trained on (without the EOS)."""
+    dataset = TokenDataset(data, split)
+    return [dataset.doc(i)[:-1].tolist() for i in range(dataset.num_docs)]
+
+
 def train_run(name: str, data: Path, out: Path, args, steps: int, every: int, eval_batches: int) -> Path:
     run_dir = out / name
     shutil.rmtree(run_dir, ignore_errors=True)
     cfg, yaml_text = compose_train([
-        f"data.path={data}", f"run_dir={run_dir}", f"name={name}", "data.seq_len=512",
+        f"data.path={data}", f"run_dir={run_dir}", f"name={name}", f"data.seq_len={args.seq_len}",
         f"data.global_batch_size={args.batch}", f"data.micro_batch_size={args.batch}", f"train.steps={steps}",
         f"optim.lr={args.lr}", "optim.weight_decay=0.0", "scheduler=constant", "scheduler.warmup_steps=10",
         f"checkpoint.every={every}", "checkpoint.keep_last=1000", f"eval.every={every}", f"eval.batches={eval_batches}",
         "logging.plot_loss_curve=false", "logging.console=false", "train.seed=0",
-        *model_overrides(args.hidden, args.layers), *LOSSES[name],
+        *model_overrides(args.hidden, args.layers, args.seq_len), *LOSSES[name],
     ])
     validate_train_config(cfg, world_size=1)
     started = time.perf_counter()
@@ -88,8 +102,10 @@ def train_run(name: str, data: Path, out: Path, args, steps: int, every: int, ev
     return run_dir
 
 
-def audit_run(run_dir: Path, records: List[dict], samples_per_epoch: int, batch: int) -> List[Dict]:
-    """Audit every checkpoint of a run (the model is rebuilt once and reloaded per checkpoint)."""
+def audit_run(run_dir: Path, train_docs: List[List[int]], heldout_docs: List[List[int]], samples_per_epoch: int,
+              args) -> List[Dict]:
+    """Audit every checkpoint of a run on the training documents; the last one also on the held-out
+    documents (the model never saw them: the "unseen" baseline of Rouge-L)."""
     from eurotron.generation import load_model_from_checkpoint
 
     checkpoints = sorted((run_dir / "checkpoints").glob("step_*"))
@@ -103,12 +119,15 @@ def audit_run(run_dir: Path, records: List[dict], samples_per_epoch: int, batch:
         load_checkpoint(ckpt, model, optimizer=None)
         model.eval()
         step = int(ckpt.name.split("_")[1])
-        report = audit_documents(audit_model, records, batch_size=16)
-        a = report.aggregate
-        rows.append({"step": step, "epochs": step * batch / samples_per_epoch, "eval_loss": evals.get(step),
+        a = audit_token_documents(audit_model, train_docs, args.suffix_tokens, batch_size=16).aggregate
+        rows.append({"step": step, "epochs": step * args.batch / samples_per_epoch, "eval_loss": evals.get(step),
                      **{k: a[k] for k in ("documents", "exact_matches", "exact_match_rate", "token_accuracy", "rouge_l")}})
         print(f"[{run_dir.name}] step {step:5d} epochs {rows[-1]['epochs']:6.1f} exact {a['exact_matches']}/"
-              f"{a['documents']} rougeL {a['rouge_l']:.3f} eval_loss {evals.get(step, float('nan')):.3f}", flush=True)
+              f"{a['documents']} token acc {a['token_accuracy']:.3f} Rouge-L {a['rouge_l']:.3f} "
+              f"held-out loss {evals.get(step, float('nan')):.3f}", flush=True)
+    unseen = audit_token_documents(audit_model, heldout_docs, args.suffix_tokens, batch_size=16).aggregate
+    rows[-1]["heldout_rouge_l"] = unseen["rouge_l"]
+    rows[-1]["heldout_exact_matches"] = unseen["exact_matches"]
     return rows
 
 
@@ -135,11 +154,12 @@ def plot(results: Dict[str, List[Dict]], path: Path) -> None:
     plt.close(fig)
 
 
-def markdown(results: Dict[str, List[Dict]], n_docs: int) -> str:
-    lines = ["| epochs | standard exact | goldfish exact | standard Rouge-L | goldfish Rouge-L | "
-             "standard held-out loss | goldfish held-out loss |", "|---:|---:|---:|---:|---:|---:|---:|"]
+def markdown(results: Dict[str, List[Dict]]) -> str:
+    lines = ["| epochs | exact match, standard | exact match, goldfish | Rouge-L, standard | Rouge-L, goldfish | "
+             "held-out loss, standard | held-out loss, goldfish |", "|---:|---:|---:|---:|---:|---:|---:|"]
     for s, g in zip(results["standard"], results["goldfish"]):
-        lines.append(f"| {s['epochs']:.0f} | {s['exact_matches']}/{n_docs} | {g['exact_matches']}/{n_docs} | "
+        n = s["documents"]
+        lines.append(f"| {s['epochs']:.0f} | {s['exact_matches']}/{n} | {g['exact_matches']}/{n} | "
                      f"{s['rouge_l']:.3f} | {g['rouge_l']:.3f} | {s['eval_loss']:.3f} | {g['eval_loss']:.3f} |")
     return "\n".join(lines) + "\n"
 
@@ -147,74 +167,78 @@ def markdown(results: Dict[str, List[Dict]], n_docs: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/goldfish_memorization"))
-    parser.add_argument("--docs", type=int, default=32, help="training documents")
-    parser.add_argument("--heldout", type=int, default=16, help="held-out documents")
-    parser.add_argument("--max-chars", type=int, default=900, help="use demo documents up to this length")
+    parser.add_argument("--docs", type=int, default=24, help="training documents (before eurotron-prepare's filters)")
+    parser.add_argument("--heldout", type=int, default=12, help="held-out documents (idem)")
+    parser.add_argument("--max-chars", type=int, default=400, help="documents are cut to this many characters")
     parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--audits", type=int, default=10, help="audited checkpoints per run")
-    parser.add_argument("--batch", type=int, default=4, help="sequences of 512 tokens per step")
+    parser.add_argument("--audits", type=int, default=5, help="audited checkpoints per run")
+    parser.add_argument("--suffix-tokens", type=int, default=50)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=4, help="sequences per step")
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="which demo documents are picked")
     args = parser.parse_args()
+    if args.heldout < 1 or args.docs % args.heldout:
+        raise SystemExit("--docs must be a multiple of --heldout (every n-th document is held out)")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    train_docs, heldout_docs = select_documents(args.docs, args.heldout, args.max_chars, args.seed)
-    if args.heldout < 1 or args.docs % args.heldout:
-        raise SystemExit("--docs must be a multiple of --heldout (every n-th document is held out)")
     every = (args.docs + args.heldout) // args.heldout
     corpus = out / "corpus.jsonl"
-    write_corpus(train_docs, heldout_docs, corpus, every)
-    (out / "train_documents.jsonl").write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in train_docs), encoding="utf-8")
+    write_corpus(*select_documents(args.docs, args.heldout, args.max_chars, args.seed), corpus, every)
+    # eurotron-prepare with its default filters (opt-out, PII, dedup): the audit reads the documents
+    # back from the prepared splits, so it checks exactly the token sequences that were trained on.
     data = out / "data"
-    prepare(compose_prepare([f"source.type=jsonl", f"source.path={corpus}", f"output_dir={data}",
+    prepare(compose_prepare(["source.type=jsonl", f"source.path={corpus}", f"output_dir={data}",
                              "tokenizer.vocab_size=1024", f"eval_every_nth_document={every}", "overwrite=true"]),
             progress=False)
-    manifest = json.loads((data / "manifest.json").read_text())
-    tokens = manifest["splits"]["train"]["tokens"]
-    samples_per_epoch = (tokens - 1) // 512
-    # One pass over the held-out split per evaluation.
-    eval_batches = max(1, (manifest["splits"]["eval"]["tokens"] - 1) // 512 // args.batch)
-    steps = math.ceil(args.epochs * samples_per_epoch / args.batch)
-    every_steps = max(1, steps // args.audits)
+    train_docs, heldout_docs = split_documents(data, "train"), split_documents(data, "eval")
+    tokens = sum(len(d) + 1 for d in train_docs)
+    samples_per_epoch = (tokens - 1) // args.seq_len
+    eval_batches = max(1, (sum(len(d) + 1 for d in heldout_docs) - 1) // args.seq_len // args.batch)
+    every_steps = max(1, math.ceil(args.epochs * samples_per_epoch / args.batch / args.audits))
     steps = every_steps * args.audits
-    print(f"{args.docs} training documents, {tokens} tokens, {samples_per_epoch} samples/epoch; "
-          f"{steps} steps = {steps * args.batch / samples_per_epoch:.0f} epochs; held out: "
-          f"{manifest['splits']['eval']['docs']} documents, {manifest['splits']['eval']['tokens']} tokens", flush=True)
+    print(f"{len(train_docs)} training documents, {tokens} tokens, {samples_per_epoch} samples/epoch; {steps} steps = "
+          f"{steps * args.batch / samples_per_epoch:.0f} epochs; {len(heldout_docs)} held-out documents", flush=True)
 
     results = {}
     for name in args.losses:
         run_dir = train_run(name, data, out, args, steps, every_steps, eval_batches)
-        results[name] = audit_run(run_dir, train_docs, samples_per_epoch, args.batch)
+        results[name] = audit_run(run_dir, train_docs, heldout_docs, samples_per_epoch, args)
     summary = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "model": model_overrides(args.hidden, args.layers), "losses": LOSSES, "train_tokens": tokens,
-        "samples_per_epoch": samples_per_epoch, "steps": steps, "results": results,
-        "wall_s": time.perf_counter() - started, "torch": torch.__version__,
+        "command": "python benchmarks/goldfish_memorization.py " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "losses")),
+        "model": model_overrides(args.hidden, args.layers, args.seq_len), "losses": LOSSES,
+        "train_documents": len(train_docs), "heldout_documents": len(heldout_docs), "train_tokens": tokens,
+        "samples_per_epoch": samples_per_epoch, "steps": steps, "results": results, "torch": torch.__version__,
     }
     if "goldfish" in results:
         frac = [r["goldfish_dropped_frac"] for r in read_metrics(out / "goldfish" / "metrics.jsonl")]
         summary["goldfish_dropped_frac_mean"] = sum(frac) / len(frac)
+    summary["wall_s"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(results, out / "memorization.png")
-    if len(results) < 2:
-        return
-    table = markdown(results, args.docs)
-    (out / "results.md").write_text(table)
-    s, g = results["standard"][-1], results["goldfish"][-1]
-    best = {name: min(r["eval_loss"] for r in rows) for name, rows in results.items()}
-    print(table)
-    print(f"goldfish dropped {summary['goldfish_dropped_frac_mean']:.1%} of target tokens; held-out loss at the end: "
-          f"standard {s['eval_loss']:.4f} goldfish {g['eval_loss']:.4f} ({100 * (g['eval_loss'] / s['eval_loss'] - 1):+.1f}%), "
-          f"lowest: standard {best['standard']:.4f} goldfish {best['goldfish']:.4f} "
-          f"({100 * (best['goldfish'] / best['standard'] - 1):+.1f}%); {summary['wall_s']:.0f} s in all")
+    for name, rows in results.items():
+        print(f"{name}: after {rows[-1]['epochs']:.0f} epochs, held-out documents (never trained on): "
+              f"{rows[-1]['heldout_exact_matches']}/{len(heldout_docs)} exact, Rouge-L {rows[-1]['heldout_rouge_l']:.3f}")
+    if len(results) == 2:
+        table = markdown(results)
+        (out / "results.md").write_text(table)
+        s, g = results["standard"][-1], results["goldfish"][-1]
+        best = {name: min(r["eval_loss"] for r in rows) for name, rows in results.items()}
+        print(table)
+        print(f"goldfish dropped {summary['goldfish_dropped_frac_mean']:.1%} of target tokens; held-out loss at the "
+              f"end: standard {s['eval_loss']:.4f}, goldfish {g['eval_loss']:.4f} "
+              f"({100 * (g['eval_loss'] / s['eval_loss'] - 1):+.1f}%); lowest: standard {best['standard']:.4f}, "
+              f"goldfish {best['goldfish']:.4f} ({100 * (best['goldfish'] / best['standard'] - 1):+.1f}%)")
+    print(f"{summary['wall_s']:.0f} s in all; results in {out}")
+
 
 if __name__ == "__main__":
     main()

@@ -36,8 +36,9 @@ def _pools() -> Tuple[Dict[str, List[str]], List[str]]:
     return dict(by_lang), origins
 
 
-def write_corpus(path: Path | str, docs: int, seed: int = 0) -> Dict[str, int]:
-    """Write `docs` documents to `path` (JSONL); return their count and characters."""
+def write_corpus(path: Path | str, docs: int, seed: int = 0, sentences: Tuple[int, int] = (3, 8)) -> Dict[str, int]:
+    """Write `docs` documents of `sentences` (min, max) sentences to `path` (JSONL); return their
+    count and characters."""
     by_lang, origins = _pools()
     langs = sorted(by_lang)
     rng = random.Random(seed)
@@ -46,7 +47,7 @@ def write_corpus(path: Path | str, docs: int, seed: int = 0) -> Dict[str, int]:
         for i in range(docs):
             lang = rng.choice(langs)
             pool = by_lang[lang]
-            text = " ".join(rng.choice(pool) for _ in range(rng.randint(3, 8)))
+            text = " ".join(rng.choice(pool) for _ in range(rng.randint(*sentences)))
             chars += len(text)
             record = {"text": text, "url": f"{rng.choice(origins)}/{lang}/{i // 1000}/doc-{i}", "lang": lang,
                       "date": f"20{rng.randint(19, 24)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"}
@@ -59,8 +60,9 @@ def main() -> None:
     p.add_argument("path")
     p.add_argument("--docs", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sentences", type=int, nargs=2, default=(3, 8), metavar=("MIN", "MAX"))
     args = p.parse_args()
-    print(json.dumps(write_corpus(args.path, args.docs, args.seed)))
+    print(json.dumps(write_corpus(args.path, args.docs, args.seed, tuple(args.sentences))))
 
 
 if __name__ == "__main__":

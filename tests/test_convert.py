@@ -77,7 +77,7 @@ def test_from_hf_matches_transformers_and_round_trips_bitwise(family, tokenizer_
 
     # ... and back: every tensor bitwise equal to what transformers saved (fp32 in, fp32 out).
     out = tmp_path / "hf_again"
-    convert_to_hf(tmp_path / "ckpt", out, dtype="fp32", max_shard_size=50_000, progress=False)
+    convert_to_hf(tmp_path / "ckpt", out, dtype="fp32", max_shard_size=50_000, progress=False, block_bytes=4096)
     original, again = read_safetensors_dir(hf_dir), read_safetensors_dir(out)
     assert sorted(original) == sorted(again)
     for name, tensor in original.items():
@@ -181,3 +181,11 @@ def test_legacy_rope_keys_are_read():
     plain = {k: v for k, v in hf_config_dict(small_config("mistral"), "float32").items() if not k.startswith("rope")}
     back = model_config_from_hf(plain, "m")[0]
     assert back.rope_theta == 10000.0 and back.rope_scaling.type == "none"
+
+
+def test_mistral_sliding_window_is_reported():
+    hf = hf_config_dict(small_config("mistral"), "float32")
+    assert model_config_from_hf(hf, "m")[2] == []  # null: full attention, nothing to say
+    hf["sliding_window"] = 16
+    warnings = model_config_from_hf(hf, "m")[2]
+    assert len(warnings) == 1 and "sliding_window=16 is not modelled" in warnings[0]

@@ -125,3 +125,17 @@ def test_cli_prints_one_line_and_exits_2(bin_dir, tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("eurotron-convert: error: no eurotron checkpoint at")
+
+
+def test_safetensors_writer_checks_every_tensor_and_block(tmp_path):
+    from eurotron.convert.safetensors_writer import PlannedTensor, write_sharded
+
+    plan = [PlannedTensor("a", (4, 3), torch.float32)]
+    with pytest.raises(ConvertError, match=r"a: got \(4, 2\) torch.float32, expected \(4, 3\)"):
+        write_sharded(tmp_path, plan, lambda p: torch.zeros(4, 2), 1 << 20)
+    with pytest.raises(ConvertError, match="a: got 3 rows, expected 4"):
+        write_sharded(tmp_path, plan, lambda p: iter([torch.zeros(2, 3), torch.zeros(1, 3)]), 1 << 20)
+    index = write_sharded(tmp_path, plan, lambda p: iter([torch.ones(3, 3), torch.ones(1, 3)]), 1 << 20)
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(tmp_path / index["weight_map"]["a"])["a"], torch.ones(4, 3))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from eurotron.data.errors import DataError
-from eurotron.data.filters.dedup import (DedupKeys, Deduplicator, KeyIndex, MinHasher, exact_key, lsh_parameters,
-                                         normalise)
+from eurotron.data.filters.dedup import (DedupKeys, Deduplicator, KeyIndex, MinHasher, exact_key, exact_keys,
+                                         lsh_parameters)
 from eurotron.data.filters.pii import PiiScrubber, iban_valid
 
 
@@ -70,9 +70,16 @@ def _words(rng, n):
 
 
 def test_exact_key_normalisation():
-    assert normalise("  Hello\tWORLD \n\n again ") == "hello world again"
+    import hashlib
+
+    assert exact_key("  Hello\tWORLD \n\n again ") == int.from_bytes(
+        hashlib.blake2b(b"hello world again", digest_size=8).digest(), "little")
     assert exact_key("Hello World") == exact_key("hello   world\n") != exact_key("hello world!")
     assert exact_key("Cafe\u0301") == exact_key("Café")  # NFC
+    assert exact_key("ÉTÉ") != exact_key("été")  # only ASCII letters are case-folded
+    texts = ["a  b", " ", "", "x\ny", "A B "]
+    assert exact_keys(texts).tolist() == [exact_key(t) for t in texts]
+    assert exact_key(" ") == exact_key("") and exact_keys(texts)[0] == exact_keys(texts)[4]
 
 
 def test_lsh_parameters_put_the_threshold_on_the_s_curve():

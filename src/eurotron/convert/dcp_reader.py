@@ -10,18 +10,26 @@ time, so memory is bounded by the largest tensor, not the model.
 The target may have another dtype than the stored one: DCP copies each chunk into it with
 ``Tensor.copy_``, which converts in place (fp32 -> bf16 rounds to nearest even, exactly like
 ``tensor.to(torch.bfloat16)``) without a full-size fp32 copy of the result.
+
+A large tensor can also be read in blocks of rows (``read_blocks``): each block is a one-chunk load
+plan over only the rows it covers (DCP's own resharding helper picks the stored chunks that overlap),
+so the memory is one stored chunk plus one block, not one chunk plus the whole tensor. With a
+single-process checkpoint every block re-reads the one stored chunk (from the page cache); with a
+sharded checkpoint each block touches only the chunks that overlap it.
 """
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, Metadata, TensorStorageMetadata
+from torch.distributed.checkpoint.planner import LoadPlan, ReadItem
+from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
 from .errors import ConvertError
 
@@ -43,6 +51,26 @@ class _CachedMetadataReader(FileSystemReader):
         if self._metadata is None:
             self._metadata = super().read_metadata(*args, **kwargs)
         return self._metadata
+
+
+class _RowBlockPlanner(DefaultLoadPlanner):
+    """Load rows ``[start, start + target.shape[0])`` of one tensor into a target of the block's shape."""
+
+    def __init__(self, fqn: str, start: int, meta: TensorStorageMetadata, block_shape: torch.Size) -> None:
+        super().__init__()
+        self._fqn, self._start, self._meta, self._block_shape = fqn, start, meta, block_shape
+
+    def create_local_plan(self) -> LoadPlan:
+        offsets = torch.Size([self._start] + [0] * (len(self._block_shape) - 1))
+        block = ChunkStorageMetadata(offsets=offsets, sizes=self._block_shape)
+        return LoadPlan(create_read_items_for_chunk_list(self._fqn, self._meta, [block]))
+
+    def resolve_tensor(self, read_item: ReadItem) -> torch.Tensor:
+        # The read item's destination offsets are relative to the block.
+        target = self.state_dict[self._fqn]
+        for dim, (offset, length) in enumerate(zip(read_item.dest_offsets, read_item.lengths)):
+            target = target.narrow(dim, offset, length)
+        return target
 
 
 class DCPTensorReader:
@@ -119,3 +147,25 @@ class DCPTensorReader:
         target = torch.empty(tuple(meta.size), dtype=dtype or meta.properties.dtype)
         dcp.load({self.prefix + name: target}, storage_reader=self._reader, no_dist=True)
         return target
+
+    def read_blocks(self, name: str, dtype: Optional[torch.dtype] = None,
+                    max_block_bytes: int = 512 * 2**20) -> Iterator[torch.Tensor]:
+        """The tensor ``name`` as consecutive blocks of whole rows (dim 0), each at most ``max_block_bytes``
+        in ``dtype`` (a single row may be larger); concatenated they are ``read(name, dtype)``."""
+        if name not in self._meta:
+            raise ConvertError(f"checkpoint {self.path} has no tensor {self.prefix}{name}")
+        meta = self._meta[name]
+        dtype = dtype or meta.properties.dtype
+        size = meta.size
+        row_bytes = size[1:].numel() * torch.empty((), dtype=dtype).element_size() if len(size) else 0
+        if len(size) == 0 or size.numel() == 0 or size[0] * row_bytes <= max_block_bytes:
+            yield self.read(name, dtype)
+            return
+        rows = max(1, max_block_bytes // max(row_bytes, 1))
+        for start in range(0, size[0], rows):
+            shape = torch.Size([min(rows, size[0] - start), *size[1:]])
+            block = torch.empty(shape, dtype=dtype)
+            planner = _RowBlockPlanner(self.prefix + name, start, meta, shape)
+            dcp.load({self.prefix + name: block}, storage_reader=self._reader, planner=planner, no_dist=True)
+            yield block
+            del block

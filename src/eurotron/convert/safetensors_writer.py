@@ -19,7 +19,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -101,23 +101,47 @@ def _header(tensors: Sequence[PlannedTensor], metadata: Dict[str, str]) -> bytes
     return raw + b" " * (-len(raw) % 8)
 
 
+Produced = Union[torch.Tensor, Iterable[torch.Tensor]]
+
+
 def _write_tensor(handle, tensor: torch.Tensor) -> None:
     flat = tensor.detach().contiguous().reshape(-1)
     if flat.numel():
         handle.write(memoryview(flat.view(torch.uint8).numpy()))
 
 
+def _write_produced(handle, planned: PlannedTensor, produced: Produced) -> None:
+    """Write one tensor given whole or as consecutive blocks of rows, checking shape and dtype."""
+    whole = isinstance(produced, torch.Tensor)
+    blocks = [produced] if whole else produced
+    rows = 0
+    for block in blocks:
+        shape_ok = tuple(block.shape) == planned.shape if whole else (
+            block.dim() == len(planned.shape) and tuple(block.shape[1:]) == planned.shape[1:])
+        if not shape_ok or block.dtype != planned.dtype:
+            raise ConvertError(f"{planned.name}: got {tuple(block.shape)} {block.dtype}, expected "
+                               f"{planned.shape} {planned.dtype}")
+        _write_tensor(handle, block)
+        rows += block.shape[0] if block.dim() else 1
+        del block
+    expected_rows = planned.shape[0] if planned.shape else 1
+    if rows != expected_rows:
+        raise ConvertError(f"{planned.name}: got {rows} rows, expected {expected_rows}")
+
+
 def write_sharded(
     out_dir: Path,
     tensors: Sequence[PlannedTensor],
-    produce: Callable[[PlannedTensor], torch.Tensor],
+    produce: Callable[[PlannedTensor], Produced],
     max_shard_bytes: int,
     metadata: Optional[Dict[str, str]] = None,
     on_tensor: Optional[Callable[[PlannedTensor], None]] = None,
 ) -> Dict[str, object]:
     """Write ``tensors`` (asking ``produce`` for each, in order) as shards plus the index; return the index.
 
-    Every produced tensor is checked against its planned shape and dtype before it is written.
+    ``produce`` returns the tensor, or an iterable of consecutive row blocks of it (written as they
+    come, so a large tensor never needs to be in memory whole). Every tensor or block is checked against
+    the planned shape and dtype before it is written.
     """
     if sys.byteorder != "little":
         raise ConvertError("safetensors files are little-endian; converting on a big-endian machine is not supported")
@@ -135,14 +159,7 @@ def write_sharded(
             handle.write(len(header).to_bytes(8, "little"))
             handle.write(header)
             for planned in shard:
-                tensor = produce(planned)
-                if tuple(tensor.shape) != tuple(planned.shape) or tensor.dtype != planned.dtype:
-                    raise ConvertError(
-                        f"{planned.name}: got {tuple(tensor.shape)} {tensor.dtype}, expected "
-                        f"{tuple(planned.shape)} {planned.dtype}"
-                    )
-                _write_tensor(handle, tensor)
-                del tensor
+                _write_produced(handle, planned, produce(planned))
                 weight_map[planned.name] = file_name
                 if on_tensor is not None:
                     on_tensor(planned)

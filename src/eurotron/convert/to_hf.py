@@ -28,6 +28,9 @@ from .output import progress_bar, staged_output_dir
 from .safetensors_writer import PlannedTensor, write_sharded
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+# Tensors larger than this (in the output dtype) are read and written in blocks of rows, so peak memory
+# is one stored chunk plus one block (see DCPTensorReader.read_blocks).
+BLOCK_BYTES = 512 * 2**20
 DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float32: "float32"}
 EUROTRON_TOKENIZER_META = "eurotron_tokenizer.json"
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -128,6 +131,7 @@ def convert_to_hf(
     max_shard_size: int = 5 * 10**9,
     overwrite: bool = False,
     progress: Optional[bool] = True,
+    block_bytes: int = BLOCK_BYTES,
 ) -> ToHFResult:
     """Convert the checkpoint at ``checkpoint`` (run dir, checkpoints/ or step dir) into ``out_dir``."""
     if dtype not in DTYPES:
@@ -146,10 +150,10 @@ def convert_to_hf(
     plan += [PlannedTensor(name, (), out_dtype) for name in constants]
     total = sum(t.nbytes for t in plan)
 
-    def produce(planned: PlannedTensor) -> torch.Tensor:
+    def produce(planned: PlannedTensor):  # noqa: ANN202 - a tensor or its row blocks
         if planned.name in constants:
             return torch.tensor(constants[planned.name], dtype=out_dtype)
-        return reader.read(by_hf[planned.name].ours, dtype=out_dtype)
+        return reader.read_blocks(by_hf[planned.name].ours, dtype=out_dtype, max_block_bytes=block_bytes)
 
     tokenizer_dir = ckpt / TOKENIZER_DIR
     special_ids = _special_ids(tokenizer_dir)

@@ -306,28 +306,22 @@ def _write_splits(cfg: PrepareConfig, settings: StageSettings, tokenizer: Tokeni
     for result in _stream(cfg, settings, progress, "tokenizing"):
         report.signal_counts(result.signals)
         verdicts = dedup.decide(result.keys) if dedup is not None else [None] * len(result.candidates)
-        candidate = {i: (k, v) for k, (i, v) in enumerate(zip(result.candidates, verdicts))}
-        for i, kind in enumerate(result.kinds):
-            if kind != "doc":
-                skipped[kind] += 1
-                if kind == "empty":
-                    report.empty_record()
-                else:
-                    report.bad_record(kind, result.where[i])
+        reasons = list(result.reasons)
+        for i, verdict in zip(result.candidates, verdicts):
+            reasons[i] = verdict
+        report.add_batch(result.kinds, result.where, result.hosts, result.langs, result.dates, result.chars,
+                         result.tokens, reasons, result.details,
+                         {i: pii for i, pii, v in zip(result.candidates, result.pii, verdicts) if v is None})
+        skipped.update(kind for kind in result.kinds if kind != "doc")
+        ends = result.ends.tolist() if result.ends is not None else []
+        for k, (i, verdict) in enumerate(zip(result.candidates, verdicts)):
+            if verdict is not None:
                 continue
-            reason, detail, pii = result.reasons[i], result.details[i], None
-            if i in candidate:
-                k, reason = candidate[i]
-                pii = result.pii[k]
-            report.document(result.hosts[i], result.langs[i], result.dates[i], result.chars[i],
-                            result.tokens[i], reason, detail, pii)
-            if reason is not None:
-                continue
-            if isinstance(result.langs[i], str):
-                languages[result.langs[i]] += 1
-            start = 0 if k == 0 else int(result.ends[k - 1])
+            lang = result.langs[i]
+            if isinstance(lang, str):
+                languages[lang] += 1
             split = "eval" if every and kept % every == every - 1 else "train"
-            writers[split].add_document(result.flat[start:int(result.ends[k])])
+            writers[split].add_document(result.flat[ends[k - 1] if k else 0:ends[k]])
             docs[split] += 1
             kept += 1
     splits = {}

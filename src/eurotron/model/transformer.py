@@ -176,9 +176,16 @@ class Transformer(nn.Module):
         return out
 
 
+# Segments that wrappers (activation checkpointing, torch.compile, FSDP1) insert into FQNs.
+_WRAPPER_SEGMENTS = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
+
+
 def _generator(seed: Optional[int], fqn: str, tensor: torch.Tensor) -> Optional[torch.Generator]:
+    """A generator seeded by ``(seed, fqn)``, with wrapper segments removed from the FQN."""
     if seed is None:
         return None
+    for segment in _WRAPPER_SEGMENTS:
+        fqn = fqn.replace(segment, "")
     device = tensor.device if not hasattr(tensor, "to_local") else tensor.to_local().device
     generator = torch.Generator(device=device)
     generator.manual_seed((int(seed) * 1_000_003 + zlib.crc32(fqn.encode())) % (2**63))
@@ -195,7 +202,8 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "meta") -> Transf
         model.to_empty(device="cuda")
         model.init_weights(seed=cfg_seed)
 
-    On a real device the parameters hold uninitialised memory until ``init_weights`` runs.
+    On a real device, call ``init_weights`` before use too: norms, xIELU scalars and the RoPE table
+    start as uninitialised memory.
     """
     with torch.device(device):
         return Transformer(cfg)

@@ -4,9 +4,9 @@ Keys are computed where documents are processed (worker processes); the decision
 corpus order by one `Deduplicator` (the main process), so the first occurrence is kept and the
 result does not depend on the number of workers.
 
-* **Exact**: a 64-bit BLAKE2b of the text after NFC normalisation, case folding and whitespace
-  collapsing: texts that differ only in case or spacing are exact duplicates.
-* **Near**: word n-gram shingles (``shingle_words``, default 5) of the case-folded words; a MinHash
+* **Exact**: a 64-bit BLAKE2b of the text after NFC normalisation, ASCII case folding and whitespace
+  collapsing: texts that differ only in (ASCII) case or spacing are exact duplicates.
+* **Near**: word n-gram shingles (``shingle_words``, default 5) of the same folded text; a MinHash
   signature of ``num_perm`` values; LSH with ``bands`` x ``rows`` chosen for ``threshold`` (the
   estimated Jaccard similarity from which pairs should collide). Each band of a document becomes a
   64-bit key; a document is a near duplicate when any of its band keys was seen in a kept document.
@@ -38,13 +38,46 @@ _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _CHUNK_SHINGLES = 8192
 
 
-def normalise(text: str) -> str:
-    """NFC, case-folded, whitespace collapsed: what the exact key is computed on."""
-    return " ".join(unicodedata.normalize("NFC", text).casefold().split())
+@dataclass
+class FoldedBatch:
+    """The UTF-8 bytes of a batch of texts (NFC), ASCII letters case-folded, each text followed by
+    a newline; shared by the exact and the near-duplicate keys."""
+
+    raw: np.ndarray  # uint8
+    ends: np.ndarray  # index of each text's newline
+
+    @classmethod
+    def of(cls, texts: Sequence[str]) -> "FoldedBatch":
+        encoded = [(t if t.isascii() else unicodedata.normalize("NFC", t)).encode("utf-8") for t in texts]
+        raw = np.frombuffer(b"\n".join(encoded) + b"\n", dtype=np.uint8)
+        folded = raw | np.uint8(0x20)
+        letter = (folded >= 97) & (folded <= 122)
+        return cls(np.where(letter, folded, raw), np.cumsum([len(e) + 1 for e in encoded]) - 1)
+
+
+def exact_keys(texts: Sequence[str], batch: Optional[FoldedBatch] = None) -> np.ndarray:
+    """uint64 per text: BLAKE2b of the text in NFC with ASCII letters case-folded, runs of ASCII
+    whitespace collapsed to one space and none at either end."""
+    batch = batch if batch is not None else FoldedBatch.of(texts)
+    raw = batch.raw
+    space = (raw == 32) | ((raw >= 9) & (raw <= 13))
+    after_space = np.ones_like(space)
+    after_space[1:] = space[:-1]
+    keep = ~space | ~after_space  # a text's leading run follows the previous newline: dropped
+    kept_before = np.concatenate(([0], np.cumsum(keep)))
+    cleaned = np.where(space, np.uint8(32), raw)[keep].tobytes()
+    starts = np.concatenate(([0], batch.ends[:-1] + 1)) if len(batch.ends) else batch.ends
+    out = np.empty(len(batch.ends), dtype=np.uint64)
+    view = memoryview(cleaned)
+    for i, (a, b) in enumerate(zip(kept_before[starts].tolist(), kept_before[batch.ends].tolist())):
+        if b > a and cleaned[b - 1] == 32:
+            b -= 1
+        out[i] = int.from_bytes(hashlib.blake2b(view[a:b], digest_size=8).digest(), "little")
+    return out
 
 
 def exact_key(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(normalise(text).encode("utf-8"), digest_size=8).digest(), "little")
+    return int(exact_keys([text])[0])
 
 
 def _mix(z: np.ndarray) -> np.ndarray:
@@ -106,21 +139,16 @@ class MinHasher:
                     ([np.uint64(1)], np.cumprod(np.full(size - 1, inverse, dtype=np.uint64))))
         return self._powers, self._inverse_powers
 
-    def shingle_hashes(self, texts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+    def shingle_hashes(self, texts: Sequence[str], batch: Optional[FoldedBatch] = None) -> Tuple[np.ndarray, np.ndarray]:
         """32-bit hashes of every shingle of every text, and each text's shingle count.
 
-        Words are runs of ASCII letters and digits or of non-ASCII bytes in the UTF-8 text (ASCII
-        letters case-folded); everything else separates them. The words are laid out in one buffer, each followed
+        Words are runs of ASCII letters and digits or of non-ASCII bytes in the folded UTF-8 text; everything else separates them. The words are laid out in one buffer, each followed
         by one space, so a shingle's hash depends on its words only, not on the spacing between them.
         """
         n, count = self.shingle_words, len(texts)
-        encoded = [t.encode("utf-8") for t in texts]
-        raw = np.frombuffer(b"\n".join(encoded) + b"\n", dtype=np.uint8)
-        doc_ends = np.cumsum([len(e) + 1 for e in encoded])
-        folded = raw | np.uint8(0x20)
-        letter = (folded >= 97) & (folded <= 122)
-        raw = np.where(letter, folded, raw)  # ASCII case folding
-        word = (raw >= 0x80) | ((raw >= 48) & (raw <= 57)) | letter
+        batch = batch if batch is not None else FoldedBatch.of(texts)
+        raw, doc_ends = batch.raw, batch.ends + 1
+        word = (raw >= 0x80) | ((raw >= 48) & (raw <= 57)) | ((raw >= 97) & (raw <= 122))
         prev = np.zeros_like(word)
         prev[1:] = word[:-1]
         keep = word | prev  # the words, and the first separator after each
@@ -167,9 +195,9 @@ class MinHasher:
             row = last
         return out
 
-    def band_keys(self, texts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+    def band_keys(self, texts: Sequence[str], batch: Optional[FoldedBatch] = None) -> Tuple[np.ndarray, np.ndarray]:
         """uint64 [n, bands] band keys (rows of zeros for texts without words) and a has-words mask."""
-        hashes, counts = self.shingle_hashes(texts)
+        hashes, counts = self.shingle_hashes(texts, batch)
         keys = np.zeros((len(texts), self.bands), dtype=np.uint64)
         has = counts > 0
         if has.any():
@@ -199,21 +227,36 @@ class KeyIndex:
         return sum(r.nbytes for r in self.runs)
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
-        found = np.zeros(keys.shape, dtype=bool)
-        flat_keys, flat_found = keys.reshape(-1), found.reshape(-1)
+        flat = keys.reshape(-1)
+        order = np.argsort(flat, kind="stable")
+        ordered = flat[order]  # sorted queries: each binary search starts where the last one ended
+        hit = np.zeros(len(flat), dtype=bool)
         for run in self.runs:
-            at = np.searchsorted(run, flat_keys)
+            at = np.searchsorted(run, ordered)
             inside = at < len(run)
-            flat_found[inside] |= run[at[inside]] == flat_keys[inside]
-        return found
+            hit[inside] |= run[at[inside]] == ordered[inside]
+        found = np.empty(len(flat), dtype=bool)
+        found[order] = hit
+        return found.reshape(keys.shape)
 
     def add(self, keys: np.ndarray) -> None:
         if keys.size == 0:
             return
-        self.runs.append(np.unique(keys.reshape(-1)))
+        self.runs.append(_sorted_unique(keys.reshape(-1)))
         while len(self.runs) > 1 and len(self.runs[-1]) * 2 >= len(self.runs[-2]):
             last = self.runs.pop()
-            self.runs[-1] = np.union1d(self.runs[-1], last)
+            self.runs[-1] = _sorted_unique(np.concatenate([self.runs[-1], last]))
+
+
+def _sorted_unique(keys: np.ndarray) -> np.ndarray:
+    """Sorted distinct keys (a stable sort is near-linear on two concatenated sorted runs)."""
+    ordered = np.sort(keys, kind="stable")
+    if len(ordered) < 2:
+        return ordered
+    keep = np.empty(len(ordered), dtype=bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
 
 
 class Deduplicator:

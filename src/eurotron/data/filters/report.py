@@ -11,7 +11,6 @@ Tokens include the EOS that ends each document, as the shards hold them.
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -36,7 +35,6 @@ REASON_TEXT = {
     "dedup_exact": "exact duplicate",
     "dedup_near": "near duplicate (MinHash-LSH)",
 }
-_DATE = re.compile(r"^(\d{4})-(\d{2})(?:-(\d{2}))?")
 
 
 class TopCounter:
@@ -58,6 +56,18 @@ class TopCounter:
             entry[0] += 1
             entry[1] += tokens
 
+    def add_many(self, keys: Sequence[str], tokens: Sequence[int]) -> None:
+        counts = self.counts
+        for key, n in zip(keys, tokens):
+            entry = counts.get(key)
+            if entry is None:
+                counts[key] = [1, n]
+            else:
+                entry[0] += 1
+                entry[1] += n
+        if len(counts) > 2 * self.capacity:
+            self._prune()
+
     def _prune(self) -> None:
         kept = sorted(self.counts.items(), key=lambda kv: (-kv[1][1], kv[0]))[:self.capacity]
         self.counts = dict(kept)
@@ -78,19 +88,30 @@ class _Period:
         self.by_year: Counter = Counter()
         self.undated = 0
 
-    def add(self, date: Optional[str]) -> None:
-        match = _DATE.match(date) if isinstance(date, str) else None
-        if match is None:
-            self.undated += 1
+    def add_many(self, dates: Sequence[Any]) -> None:
+        days = [_day(d) for d in dates]
+        valid = [d for d in days if d is not None]
+        self.undated += len(days) - len(valid)
+        if not valid:
             return
-        day = match.group(0)
-        self.first = day if self.first is None or day < self.first else self.first
-        self.last = day if self.last is None or day > self.last else self.last
-        self.by_year[match.group(1)] += 1
+        first, last = min(valid), max(valid)
+        self.first = first if self.first is None or first < self.first else self.first
+        self.last = last if self.last is None or last > self.last else self.last
+        self.by_year.update(d[:4] for d in valid)
 
     def to_json(self) -> Dict[str, Any]:
         return {"first": self.first, "last": self.last, "by_year": dict(sorted(self.by_year.items())),
                 "undated": self.undated}
+
+
+def _day(date: Any) -> Optional[str]:
+    """"YYYY-MM-DD" or "YYYY-MM" from the start of an ISO date, else None."""
+    if not isinstance(date, str) or len(date) < 7 or date[4] != "-" or not date[:4].isdigit() \
+            or not date[5:7].isdigit():
+        return None
+    if len(date) >= 10 and date[7] == "-" and date[8:10].isdigit():
+        return date[:10]
+    return date[:7]
 
 
 class ReportBuilder:
@@ -126,37 +147,53 @@ class ReportBuilder:
         self.read += 1
         self.empty += 1
 
-    def document(self, host: Optional[str], lang: Optional[str], date: Optional[str], chars: int, tokens: int,
-                 reason: Optional[str] = None, detail: Any = None, pii: Optional[Dict[str, int]] = None) -> None:
-        """One valid document (kept when `reason` is None)."""
-        self.read += 1
-        lang = lang if isinstance(lang, str) and lang else "unknown"
-        domain = host or "(no host)"
-        for side in ("in",) if reason else ("in", "out"):
+    def add_batch(self, kinds: Sequence[str], where: Sequence[Optional[str]], hosts: Sequence[Optional[str]],
+                  langs: Sequence[Any], dates: Sequence[Any], chars: Sequence[int], tokens: Sequence[int],
+                  reasons: Sequence[Optional[str]], details: Sequence[Any], pii: Dict[int, Dict[str, int]]) -> None:
+        """One batch of records: `kinds` "doc", "empty" or a bad-record kind; for documents, `reasons`
+        None (kept) or why it was removed; `pii` the replacements per kept record index."""
+        self.read += len(kinds)
+        docs = []
+        for i, kind in enumerate(kinds):
+            if kind == "doc":
+                docs.append(i)
+            elif kind == "empty":
+                self.empty += 1
+            else:
+                self.bad[kind] += 1
+                examples = self.bad_examples.setdefault(kind, [])
+                if len(examples) < EXAMPLES_PER_KIND:
+                    examples.append(where[i])
+        kept = [i for i in docs if reasons[i] is None]
+        domains = [hosts[i] or "(no host)" for i in docs]
+        self.with_url += sum(1 for i in docs if hosts[i])
+        self.hosts_in.add_many(domains, [tokens[i] for i in docs])
+        for side, rows in (("in", docs), ("out", kept)):
             total = self.totals[side]
-            total[0] += 1
-            total[1] += tokens
-            total[2] += chars
-            self.languages[side][lang] += 1
-            self.periods[side].add(date)
-        self.hosts_in.add(domain, tokens)
-        if host:
-            self.with_url += 1
-        if reason is None:
-            self.domains_out.add(domain, tokens)
-            if pii:
-                self.pii.update(pii)
+            total[0] += len(rows)
+            total[1] += sum(tokens[i] for i in rows)
+            total[2] += sum(chars[i] for i in rows)
+            self.languages[side].update(langs[i] if isinstance(langs[i], str) and langs[i] else "unknown"
+                                        for i in rows)
+            self.periods[side].add_many([dates[i] for i in rows])
+        self.domains_out.add_many([hosts[i] or "(no host)" for i in kept], [tokens[i] for i in kept])
+        for counts in pii.values():
+            if counts:
+                self.pii.update(counts)
                 self.pii_docs += 1
-            return
-        counts = self.removed.setdefault(reason, [0, 0, 0])
-        counts[0] += 1
-        counts[1] += tokens
-        counts[2] += chars
-        self.removed_domains.setdefault(reason, TopCounter()).add(domain, tokens)
-        if reason == "robots":
-            self.robots_agents.update(detail or ())
-        elif detail:
-            self.details.setdefault(reason, Counter())[str(detail)] += 1
+        for i in docs:
+            reason = reasons[i]
+            if reason is None:
+                continue
+            counts = self.removed.setdefault(reason, [0, 0, 0])
+            counts[0] += 1
+            counts[1] += tokens[i]
+            counts[2] += chars[i]
+            self.removed_domains.setdefault(reason, TopCounter()).add(hosts[i] or "(no host)", tokens[i])
+            if reason == "robots":
+                self.robots_agents.update(details[i] or ())
+            elif details[i]:
+                self.details.setdefault(reason, Counter())[str(details[i])] += 1
 
     def signal_counts(self, counts: Dict[str, int]) -> None:
         """Opt-out signals met (documents per robots.txt case, tdmrep.json status, URL kind)."""

@@ -23,7 +23,7 @@ import numpy as np
 from ...config import FiltersConfig
 from ..errors import DataError
 from ..readers import BadRecord, parse_record
-from .dedup import DedupKeys, MinHasher, exact_key
+from .dedup import DedupKeys, FoldedBatch, MinHasher, exact_keys
 from .lists import DomainLists
 from .optout import OptOutFilter, bad_url_decision
 from .pii import PiiScrubber
@@ -149,9 +149,9 @@ class Stage:
             return parsed.host, None, None
         decision = self.optout.check(url, parsed, doc.get(f.headers_field), doc.get(f.html_field))
         if f.optout.robots:
-            signals[f"robots:{decision.robots_case}"] += 1
+            signals["robots:" + decision.robots_case] += 1
         if f.optout.tdmrep:
-            signals[f"tdmrep:{decision.tdmrep_status}"] += 1
+            signals["tdmrep:" + decision.tdmrep_status] += 1
         detail = decision.agents if decision.reason == "robots" else decision.detail
         return parsed.host, decision.reason, detail
 
@@ -194,12 +194,15 @@ class Stage:
 
     def _keys(self, texts: List[str], bands: int) -> DedupKeys:
         f = self.settings.filters
-        exact = np.array([exact_key(t) for t in texts] if self.enabled and f.dedup.exact else [0] * len(texts),
-                         dtype=np.uint64)
-        if self.minhash is not None and texts:
-            band_keys, has = self.minhash.band_keys(texts)
-        else:
-            band_keys, has = np.zeros((len(texts), bands), np.uint64), np.zeros(len(texts), bool)
+        exact, band_keys = np.zeros(len(texts), np.uint64), np.zeros((len(texts), bands), np.uint64)
+        has = np.zeros(len(texts), bool)
+        if not (self.enabled and texts and (f.dedup.exact or f.dedup.near)):
+            return DedupKeys(exact, band_keys, has)
+        batch = FoldedBatch.of(texts)
+        if f.dedup.exact:
+            exact = exact_keys(texts, batch)
+        if self.minhash is not None:
+            band_keys, has = self.minhash.band_keys(texts, batch)
         return DedupKeys(exact, band_keys, has)
 
     def _tokenize(self, texts: List[Optional[str]], kept_texts: List[str], result: BatchResult) -> None:

@@ -51,8 +51,32 @@ def normalise_host(host: str) -> str:
         raise BadUrl("bad_url", f"host {host!r} is not a valid internationalised domain name ({err})") from None
 
 
-# scheme://host[:port]/path?query#fragment with a plain host; anything else takes urlsplit's path.
-_SIMPLE_URL = re.compile(r"(https?)://([A-Za-z0-9.-]+)(?::(\d{1,5}))?([/?][^#]*)?(?:#.*)?", re.IGNORECASE | re.DOTALL)
+_PLAIN_HOST = re.compile(r"[a-z0-9-]+(?:\.[a-z0-9-]+)*")
+
+
+def _fast_parse(value: str) -> Optional[ParsedUrl]:
+    """The common case (http(s), a plain ASCII host, maybe a port) with string operations only;
+    None sends anything unusual to urlsplit."""
+    sep = value.find("://")
+    if sep not in (4, 5):
+        return None
+    scheme = value[:sep].lower()
+    if scheme not in DEFAULT_PORTS:
+        return None
+    rest = value[sep + 3:]
+    end = len(rest)
+    for ch in "/?#":
+        at = rest.find(ch, 0, end)
+        if at != -1:
+            end = at
+    host, colon, port = rest[:end].rpartition(":") if ":" in rest[:end] else (rest[:end], "", "")
+    host = host.rstrip(".").lower()
+    if not _PLAIN_HOST.fullmatch(host) or (colon and not (port.isdigit() and len(port) <= 5 and int(port) <= 65535)):
+        return None
+    path = rest[end:].partition("#")[0] or "/"
+    if path[0] == "?":
+        path = "/" + path
+    return ParsedUrl(origin_of(scheme, host, int(port) if colon else None), host, path)
 
 
 def parse_url(value: Union[str, object]) -> ParsedUrl:
@@ -61,17 +85,9 @@ def parse_url(value: Union[str, object]) -> ParsedUrl:
         raise BadUrl("no_url")
     if not isinstance(value, str):
         raise BadUrl("bad_url", f"the URL field holds a {type(value).__name__}")
-    simple = _SIMPLE_URL.fullmatch(value.strip())
-    if simple is not None:
-        scheme, host, port, path = simple.groups()
-        port_number = int(port) if port else None
-        if port_number is None or port_number <= 65535:
-            host = host.rstrip(".").lower()
-            if host and not host.startswith(".") and ".." not in host:
-                path = path or "/"
-                if path.startswith("?"):
-                    path = "/" + path
-                return ParsedUrl(origin_of(scheme.lower(), host, port_number), host, path)
+    fast = _fast_parse(value.strip())
+    if fast is not None:
+        return fast
     try:
         parts = urlsplit(value.strip())
         port = parts.port

@@ -1,0 +1,86 @@
+"""eurotron-launch: compose a training config, check it against a Slurm system, write the run
+directory (resolved config + job script) and submit it; the job trains that saved config as is.
+
+  eurotron-launch cluster=local experiment=demo parallel=tp2_pp2          # this machine's Slurm
+  eurotron-launch experiment=lumi_llama3_8b cluster.slurm.account=project_465000000 \\
+      data.path=/flash/project_465000000/tokens launch.dry_run=true       # print the script only
+  eurotron-launch experiment=alps_apertus_70b launch.chain=4 ...          # 4 jobs, afterany-chained
+  eurotron-launch -m experiment=demo cluster=local optim.lr=1e-3,3e-3    # a sweep: one job per point
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Dict
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from ..config import TrainConfig
+from ..launch.render import SCRIPT_NAME, render_job
+from ..launch.submit import check_run_dir, sbatch_commands, submit_chain, write_run_dir
+from ..launch.sweep import SweepPoint, record_point
+from ..launch.validation import check_launch
+from ..paths import config_dir
+from .common import exit_on_user_error, resolved_yaml, typed_config
+
+APP = "eurotron-launch"
+
+
+def _hydra_context():
+    if not HydraConfig.initialized():
+        return None, False, []
+    hc = HydraConfig.get()
+    return hc, hc.mode == RunMode.MULTIRUN, list(hc.overrides.task)
+
+
+def _overrides_key(overrides, key: str) -> bool:
+    return any(o.split("=", 1)[0].lstrip("+~") == key for o in overrides)
+
+
+def run(cfg: DictConfig) -> Dict[str, Any]:
+    hc, multirun, overrides = _hydra_context()
+    if multirun and not _overrides_key(overrides, "run_dir"):
+        cfg.run_dir = hc.runtime.output_dir  # every point of a sweep gets <sweep dir>/<n>
+    cfg.run_dir = str(Path(str(cfg.run_dir)).expanduser().absolute())
+    train_cfg: TrainConfig = typed_config(cfg, TrainConfig)
+    dry_run = train_cfg.launch.dry_run
+    plan = check_launch(train_cfg, check_data=not dry_run)
+    run_dir = Path(train_cfg.run_dir)
+    job = render_job(train_cfg, run_dir, Path.cwd(), plan)
+    config_yaml = resolved_yaml(cfg)
+    shape = (f"{plan.nodes} node(s) x {plan.ranks_per_node} rank(s) = {plan.world_size}, "
+             f"{plan.tasks_per_node} task(s) per node ({plan.pattern})")
+    result: Dict[str, Any] = {"run_dir": str(run_dir), "script": job.script, "job_ids": [], "plan": plan}
+    if dry_run:
+        for name, text in job.files.items():
+            print(f"# ---- {run_dir / name} ----\n{text}", end="", flush=True)
+        print(job.script, end="", flush=True)
+        commands = sbatch_commands(run_dir / SCRIPT_NAME, train_cfg.launch.chain)
+        print(f"{APP}: dry run ({shape}); would write {run_dir} and run: "
+              + "; ".join(" ".join(c) for c in commands), file=sys.stderr, flush=True)
+    else:
+        check_run_dir(run_dir, config_yaml, train_cfg.launch.force)
+        script = write_run_dir(job, config_yaml)
+        submission = submit_chain(script, train_cfg.launch.chain, cwd=Path.cwd())
+        result["job_ids"] = submission.job_ids
+        chained = " (each after the previous one ends)" if len(submission.job_ids) > 1 else ""
+        print(f"{APP}: submitted job {', '.join(submission.job_ids)}{chained}: {shape}\n"
+              f"  run dir: {run_dir}\n  logs:    {run_dir / 'logs'}", flush=True)
+    if multirun:
+        record_point(Path(str(hc.sweep.dir)).absolute(),
+                     SweepPoint(num=hc.job.num, overrides=overrides, run_dir=str(run_dir),
+                                job_ids=result["job_ids"], dry_run=dry_run))
+    return result
+
+
+@hydra.main(version_base=None, config_path=str(config_dir()), config_name="launch")
+def main(cfg: DictConfig) -> None:
+    exit_on_user_error(APP, lambda: run(cfg))
+
+
+if __name__ == "__main__":
+    main()

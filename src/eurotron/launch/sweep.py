@@ -1,0 +1,67 @@
+"""Sweep summary of `eurotron-launch -m ...`: one line per point (job ids, overrides, run dir).
+
+Hydra's basic launcher runs the points one after another in this process; each point records itself
+here and the summary (sweep.json + sweep.md in the sweep directory) is rewritten after every point, so
+it is complete even when a later point fails. ``SweepSummary`` (a Hydra callback, see
+configs/launch.yaml) prints the table when the sweep ends.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from hydra.experimental.callback import Callback
+
+SUMMARY_JSON = "sweep.json"
+SUMMARY_MD = "sweep.md"
+
+
+@dataclass
+class SweepPoint:
+    num: int
+    overrides: List[str]
+    run_dir: str
+    job_ids: List[str] = field(default_factory=list)
+    dry_run: bool = False
+
+
+_points: List[SweepPoint] = []
+_sweep_dir: Optional[Path] = None
+
+
+def record_point(sweep_dir: Path, point: SweepPoint) -> None:
+    global _sweep_dir
+    if _sweep_dir != sweep_dir or point.num == 0:
+        _points.clear()
+        _sweep_dir = sweep_dir
+    _points[:] = [p for p in _points if p.num != point.num] + [point]
+    _points.sort(key=lambda p: p.num)
+    if not point.dry_run:
+        write_summary(sweep_dir, _points)
+
+
+def format_table(points: List[SweepPoint]) -> str:
+    lines = ["| # | job ids | overrides | run dir |", "|---|---|---|---|"]
+    for p in points:
+        jobs = ", ".join(p.job_ids) if p.job_ids else ("(dry run)" if p.dry_run else "-")
+        lines.append(f"| {p.num} | {jobs} | {' '.join(p.overrides) or '-'} | {p.run_dir} |")
+    return "\n".join(lines)
+
+
+def write_summary(sweep_dir: Path, points: List[SweepPoint]) -> None:
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / SUMMARY_JSON).write_text(json.dumps([asdict(p) for p in points], indent=2) + "\n")
+    (sweep_dir / SUMMARY_MD).write_text(f"# Sweep {sweep_dir}\n\n{format_table(points)}\n")
+
+
+class SweepSummary(Callback):
+    """Prints the sweep's table when Hydra's multirun ends."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        if not _points or _sweep_dir is None:
+            return
+        where = "" if all(p.dry_run for p in _points) else f" (written to {_sweep_dir / SUMMARY_MD})"
+        print(f"eurotron-launch: sweep of {len(_points)} point(s){where}\n{format_table(_points)}", flush=True)
