@@ -74,12 +74,16 @@ def test_exact_key_normalisation():
 
     assert exact_key("  Hello\tWORLD \n\n again ") == int.from_bytes(
         hashlib.blake2b(b"hello world again", digest_size=8).digest(), "little")
-    assert exact_key("Hello World") == exact_key("hello   world\n") != exact_key("hello world!")
+    # The same words in the same order: case, spacing and punctuation do not matter.
+    assert exact_key("Hello World") == exact_key("hello   world\n") == exact_key("Hello, world!")
+    assert exact_key("hello world") != exact_key("hello worlds") != exact_key("world hello")
     assert exact_key("Cafe\u0301") == exact_key("Café")  # NFC
-    assert exact_key("ÉTÉ") != exact_key("été")  # only ASCII letters are case-folded
-    texts = ["a  b", " ", "", "x\ny", "A B "]
+    assert exact_key("ÉTÉ ÜBER ØRE") == exact_key("été über øre")  # accented Latin capitals fold too
+    assert exact_key("été") != exact_key("ete")
+    assert exact_key("!!!") != exact_key("???")  # texts without words: their bytes
+    texts = ["a  b", " ", "", "x\ny", "A B ", "!!!", "a-b"]
     assert exact_keys(texts).tolist() == [exact_key(t) for t in texts]
-    assert exact_key(" ") == exact_key("") and exact_keys(texts)[0] == exact_keys(texts)[4]
+    assert exact_keys(texts)[0] == exact_keys(texts)[4] == exact_keys(texts)[6]
 
 
 def test_lsh_parameters_put_the_threshold_on_the_s_curve():

@@ -517,3 +517,52 @@ def test_audit_of_a_hugging_face_directory(goldfish_run, tmp_path):
     report = audit_token_documents(model, docs, suffix_tokens=5, batch_size=2)
     assert report.aggregate["documents"] == 2
     assert [(r.prompt_tokens, r.suffix_tokens) for r in report.results] == [(25, 5), (15, 5)]
+
+
+# ------------------------------------------------------------------------ parallel layouts (gloo)
+PARALLEL_MODEL = ["model.vocab_size=512", "model.hidden_size=64", "model.num_layers=4", "model.num_heads=8",
+                  "model.num_kv_heads=4", "model.ffn_hidden_size=176", "model.max_seq_len=64"]
+
+
+def _parallel_overrides(data: Path, run_dir: Path, *layout: str):
+    return ["experiment=demo", f"data.path={data}", f"run_dir={run_dir}", "data.seq_len=64",
+            "data.global_batch_size=8", "data.micro_batch_size=1", "train.steps=5", "scheduler.warmup_steps=1",
+            "optim.lr=3e-3", "checkpoint.every=0", "eval.every=0", "logging.plot_loss_curve=false",
+            "logging.console=false", "loss=goldfish", "loss.k=4", "loss.h=13", *PARALLEL_MODEL, *layout]
+
+
+def test_goldfish_under_tp2_pp2_and_tp2_dp2_matches_one_process(demo_data, tmp_path):
+    """One torchrun launch of 4 gloo processes trains TP2 x PP2 (sequence parallel, 1F1B) and TP2 x DP2
+    with Goldfish; both reproduce the single-process Goldfish run step by step (loss, gradient norm,
+    kept tokens, dropped fraction summed over data-parallel ranks)."""
+    import os
+    import sys
+
+    from eurotron.compose import compose_train
+    from eurotron.train.metrics import read_metrics
+    from eurotron.train.trainer import Trainer
+    from eurotron.validation import validate_train_config
+
+    worker = Path(__file__).resolve().parent / "dist_worker.py"
+    reference = tmp_path / "single"
+    cfg, text = compose_train(_parallel_overrides(demo_data, reference))
+    validate_train_config(cfg, world_size=1)
+    Trainer(cfg, text).fit()
+    layouts = {"tp2_pp2": ["parallel=tp2_pp2"], "tp2_dp2": ["parallel=tp2_dp2"]}
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"runs": [{"name": name, "overrides": _parallel_overrides(demo_data, tmp_path / name, *o)}
+                                         for name, o in layouts.items()]}))
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node=4", str(worker), str(spec)]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+
+    want = read_metrics(reference / "metrics.jsonl")
+    assert len(want) == 5 and all(0.1 < r["goldfish_dropped_frac"] < 0.4 for r in want)
+    for name in layouts:
+        got = read_metrics(tmp_path / name / "metrics.jsonl")
+        assert [r["step"] for r in got] == [1, 2, 3, 4, 5], name
+        for g, w in zip(got, want):
+            assert g["kept_tokens"] == w["kept_tokens"], name
+            assert g["goldfish_dropped_frac"] == pytest.approx(w["goldfish_dropped_frac"], rel=1e-12), name
+            assert g["loss"] == pytest.approx(w["loss"], rel=1e-5), (name, g["step"])
+            assert g["grad_norm"] == pytest.approx(w["grad_norm"], rel=1e-3), (name, g["step"])

@@ -198,6 +198,8 @@ class SlurmConfig:
     """#SBATCH settings of a system (configs/cluster/<system>.yaml); values go to the script quoted."""
 
     account: Optional[str] = None
+    # The system charges every job to a project: eurotron-launch refuses to submit without an account.
+    account_required: bool = False
     partition: Optional[str] = None
     qos: Optional[str] = None
     # Wall-clock limit of one job (D-HH:MM:SS, HH:MM:SS or minutes).

@@ -168,9 +168,10 @@ class GoldfishTransform:
         drop = goldfish_drop_mask(batch["labels"], self.k, self.h, self.strategy, self.start)
         before = batch["loss_mask"].bool()
         after = before & ~drop.to(before.device)
+        eligible, kept = int(before.sum()), int(after.sum())
         with self._lock:
-            self._eligible += int(before.sum())
-            self._dropped += int(before.sum()) - int(after.sum())
+            self._eligible += eligible
+            self._dropped += eligible - kept
         out = dict(batch)
         out["loss_mask"] = after
         return out

@@ -84,6 +84,9 @@ def _check_choices(cfg: TrainConfig, p: _Problems) -> None:
         p.add("cluster.launcher.port_base", c.launcher.port_base, "must be in [1024, 55535] (the port is base + job id % 10000)")
     if not c.launcher.train_command:
         p.add("cluster.launcher.train_command", [], "needs the training command, e.g. [eurotron-train]")
+    if c.slurm.account_required and not c.slurm.account:
+        p.add("cluster.slurm.account", c.slurm.account,
+              f"{c.name} charges jobs to a project: pass cluster.slurm.account=<your project account>")
     if c.container.runtime == "singularity" and not c.container.image:
         p.add("cluster.container.image", c.container.image,
               f"{c.name} runs in a container: set the .sif image path (or cluster.container.runtime=none)")
@@ -91,7 +94,7 @@ def _check_choices(cfg: TrainConfig, p: _Problems) -> None:
         p.add("cluster.container.image", c.container.image,
               f"{c.name} runs in a Container Engine environment: set the image (.sqsh or registry reference), "
               f"or cluster.container.edf to an existing EDF")
-    if launch.chain > 1 or _requeue(cfg):
+    if launch.chain > 1 or requeue_enabled(cfg):
         if cfg.checkpoint.resume != "auto":
             p.add("checkpoint.resume", cfg.checkpoint.resume,
                   "must be auto for chained or requeued jobs (each one continues from latest)")
@@ -142,10 +145,6 @@ def _check_script_values(cfg: TrainConfig, p: _Problems) -> None:
             p.lines.append(str(err))
 
 
-def _requeue(cfg: TrainConfig) -> bool:
-    return requeue_enabled(cfg)
-
-
 def requeue_enabled(cfg: TrainConfig) -> bool:
     """launch.requeue, where null means: requeue a single job, let a chain's next job continue."""
     if cfg.launch.requeue is not None:
@@ -160,7 +159,7 @@ def check_launch(cfg: TrainConfig, *, check_data: bool = True) -> JobPlan:
     _check_choices(cfg, p)
     _check_script_values(cfg, p)
     plan: Optional[JobPlan] = None
-    if cfg.parallel.world_size > 0 and cfg.cluster.launcher.pattern in PATTERNS:
+    if cfg.parallel.world_size > 0:
         plan = plan_job(cfg)
         _check_layout(cfg, plan, p)
         problem = fit_problem(cfg, estimate_memory(cfg))
@@ -181,8 +180,3 @@ def _check_data_paths(cfg: TrainConfig, p: _Problems) -> None:
         if path and path != "???" and not (Path(path) / "manifest.json").exists():
             p.add("data.path", path,
                   f"has no manifest.json (seen from {os.getcwd()}); prepare it with eurotron-prepare or fix the path")
-
-
-def raise_problems(lines: List[str]) -> None:
-    if lines:
-        raise ConfigError("invalid launch:\n  " + "\n  ".join(lines))

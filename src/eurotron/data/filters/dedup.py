@@ -4,16 +4,16 @@ Keys are computed where documents are processed (worker processes); the decision
 corpus order by one `Deduplicator` (the main process), so the first occurrence is kept and the
 result does not depend on the number of workers.
 
-* **Exact**: a 64-bit BLAKE2b of the text after NFC normalisation, ASCII case folding and whitespace
-  collapsing: texts that differ only in (ASCII) case or spacing are exact duplicates.
-* **Near**: word n-gram shingles (``shingle_words``, default 5) of the same folded text; a MinHash
+* **Exact**: a 64-bit BLAKE2b of the text's words (NFC, case-folded as `WordBatch` says, joined by
+  single spaces): texts that differ only in case, spacing or punctuation are exact duplicates.
+* **Near**: word n-gram shingles (``shingle_words``, default 5) of the same words; a MinHash
   signature of ``num_perm`` values; LSH with ``bands`` x ``rows`` chosen for ``threshold`` (the
   estimated Jaccard similarity from which pairs should collide). Each band of a document becomes a
   64-bit key; a document is a near duplicate when any of its band keys was seen in a kept document.
   Documents shorter than n words are one shingle; documents without words have no band keys.
 
 Shingles are hashed for a whole batch at once: a polynomial rolling hash over the bytes of the
-normalised words (mod 2^64), so no Python code runs per shingle. The MinHash permutations are
+words (mod 2^32), so no Python code runs per shingle. The MinHash permutations are
 ``(a * x + b) mod 2^32`` over 32-bit shingle hashes, evaluated in chunks of shingles.
 
 Memory of the index: 8 bytes x (1 + bands) per kept document, held as sorted numpy runs that are
@@ -32,52 +32,79 @@ import numpy as np
 
 from ..errors import DataError
 
-_P = np.uint64(0x100000001B3)  # FNV prime: odd, so invertible mod 2^64
+_P32 = np.uint32(0x01000193)  # FNV-1 32-bit prime: odd, so invertible mod 2^32
 _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 # Shingles per MinHash chunk: chunk x num_perm uint32 values at once (8192 x 128 x 4 B = 4 MB).
 _CHUNK_SHINGLES = 8192
 
 
-@dataclass
-class FoldedBatch:
-    """The UTF-8 bytes of a batch of texts (NFC), ASCII letters case-folded, each text followed by
-    a newline; shared by the exact and the near-duplicate keys."""
+# Bytes that belong to words: ASCII letters and digits, and every byte of a non-ASCII character.
+_WORD_BYTES = np.zeros(256, dtype=bool)
+_WORD_BYTES[[*range(48, 58), *range(65, 91), *range(97, 123), *range(128, 256)]] = True
 
-    raw: np.ndarray  # uint8
-    ends: np.ndarray  # index of each text's newline
+
+@dataclass
+class WordBatch:
+    """The words of a batch of texts, laid out once for both kinds of keys.
+
+    A word is a run of ASCII letters and digits or of non-ASCII bytes in the UTF-8 text (NFC);
+    everything else separates words. Case is folded on the bytes (``b | 0x20``): exact for ASCII,
+    and it also maps most accented Latin capitals (É, Ü, Ø ...) and some Greek and Cyrillic ones to
+    their small letters, whose UTF-8 bytes differ by 0x20. ``clean`` holds every text's words, each
+    followed by one space, so neither key depends on spacing or punctuation.
+    """
+
+    clean: np.ndarray  # uint8
+    word_starts: np.ndarray  # where each word starts in `clean`
+    word_ends: np.ndarray  # ... and ends (at its space)
+    per_text: np.ndarray  # words per text
+    first_word: np.ndarray  # index of each text's first word
+    encoded: List[bytes]
 
     @classmethod
-    def of(cls, texts: Sequence[str]) -> "FoldedBatch":
+    def of(cls, texts: Sequence[str]) -> "WordBatch":
         encoded = [(t if t.isascii() else unicodedata.normalize("NFC", t)).encode("utf-8") for t in texts]
         raw = np.frombuffer(b"\n".join(encoded) + b"\n", dtype=np.uint8)
-        folded = raw | np.uint8(0x20)
-        letter = (folded >= 97) & (folded <= 122)
-        return cls(np.where(letter, folded, raw), np.cumsum([len(e) + 1 for e in encoded]) - 1)
+        word = _WORD_BYTES[raw]
+        prev = np.zeros_like(word)
+        prev[1:] = word[:-1]
+        starts_in_raw = np.flatnonzero(word & ~prev)
+        clean = np.where(word, raw | np.uint8(0x20), np.uint8(32))[word | prev]
+        word_ends = np.flatnonzero(clean == 32)
+        word_starts = np.concatenate(([0], word_ends[:-1] + 1)) if len(word_ends) else word_ends
+        text_ends = np.cumsum([len(e) + 1 for e in encoded])
+        per_text = np.bincount(np.searchsorted(text_ends, starts_in_raw, side="right"),
+                               minlength=len(texts)).astype(np.int64)
+        first_word = np.concatenate(([0], np.cumsum(per_text)[:-1])) if len(per_text) else per_text
+        return cls(clean, word_starts, word_ends, per_text, first_word, encoded)
 
 
-def exact_keys(texts: Sequence[str], batch: Optional[FoldedBatch] = None) -> np.ndarray:
-    """uint64 per text: BLAKE2b of the text in NFC with ASCII letters case-folded, runs of ASCII
-    whitespace collapsed to one space and none at either end."""
-    batch = batch if batch is not None else FoldedBatch.of(texts)
-    raw = batch.raw
-    space = (raw == 32) | ((raw >= 9) & (raw <= 13))
-    after_space = np.ones_like(space)
-    after_space[1:] = space[:-1]
-    keep = ~space | ~after_space  # a text's leading run follows the previous newline: dropped
-    kept_before = np.concatenate(([0], np.cumsum(keep)))
-    cleaned = np.where(space, np.uint8(32), raw)[keep].tobytes()
-    starts = np.concatenate(([0], batch.ends[:-1] + 1)) if len(batch.ends) else batch.ends
-    out = np.empty(len(batch.ends), dtype=np.uint64)
-    view = memoryview(cleaned)
-    for i, (a, b) in enumerate(zip(kept_before[starts].tolist(), kept_before[batch.ends].tolist())):
-        if b > a and cleaned[b - 1] == 32:
-            b -= 1
-        out[i] = int.from_bytes(hashlib.blake2b(view[a:b], digest_size=8).digest(), "little")
+def exact_keys(texts: Sequence[str], batch: Optional[WordBatch] = None) -> np.ndarray:
+    """uint64 per text: BLAKE2b of its words (see WordBatch) joined by single spaces — the same
+    words in the same order, whatever the ASCII case, spacing or punctuation, are one text. A text
+    without words is hashed as its raw bytes."""
+    b = batch if batch is not None else WordBatch.of(texts)
+    out = np.empty(len(b.per_text), dtype=np.uint64)
+    view = memoryview(b.clean.tobytes())
+    starts = b.word_starts[np.minimum(b.first_word, max(len(b.word_starts) - 1, 0))].tolist() if len(b.word_starts) \
+        else [0] * len(out)
+    last = b.first_word + b.per_text - 1
+    ends = b.word_ends[np.maximum(last, 0)].tolist() if len(b.word_ends) else [0] * len(out)
+    for i, (n, a, z) in enumerate(zip(b.per_text.tolist(), starts, ends)):
+        data = view[a:z] if n else b"\x00" + b.encoded[i]
+        out[i] = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
     return out
 
 
 def exact_key(text: str) -> int:
     return int(exact_keys([text])[0])
+
+
+def _mix32(z: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finaliser (wrapping uint32 arithmetic)."""
+    z = (z ^ (z >> np.uint32(16))) * np.uint32(0x85EBCA6B)
+    z = (z ^ (z >> np.uint32(13))) * np.uint32(0xC2B2AE35)
+    return z ^ (z >> np.uint32(16))
 
 
 def _mix(z: np.ndarray) -> np.ndarray:
@@ -125,56 +152,44 @@ class MinHasher:
         self.a = (rng.integers(0, 2**32, num_perm, dtype=np.uint64) | np.uint64(1)).astype(np.uint32)
         self.b = rng.integers(0, 2**32, num_perm, dtype=np.uint64).astype(np.uint32)
         self.band_salt = _mix(np.arange(1, self.bands + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
-        self._powers = np.ones(1, dtype=np.uint64)
-        self._inverse_powers = np.ones(1, dtype=np.uint64)
+        self._powers = np.ones(1, dtype=np.uint32)
+        self._inverse_powers = np.ones(1, dtype=np.uint32)
 
     # ------------------------------------------------------------------------------------ shingles
     def _power_tables(self, length: int) -> Tuple[np.ndarray, np.ndarray]:
         if len(self._powers) < length + 1:
             size = max(length + 1, 2 * len(self._powers))
-            inverse = np.uint64(pow(int(_P), -1, 2**64))
+            inverse = np.uint32(pow(int(_P32), -1, 2**32))
             with np.errstate(over="ignore"):
-                self._powers = np.concatenate(([np.uint64(1)], np.cumprod(np.full(size - 1, _P, dtype=np.uint64))))
-                self._inverse_powers = np.concatenate(
-                    ([np.uint64(1)], np.cumprod(np.full(size - 1, inverse, dtype=np.uint64))))
+                self._powers = np.concatenate(([np.uint32(1)], np.cumprod(np.full(size - 1, _P32, np.uint32),
+                                                                           dtype=np.uint32)))
+                self._inverse_powers = np.concatenate(([np.uint32(1)], np.cumprod(np.full(size - 1, inverse, np.uint32),
+                                                                                   dtype=np.uint32)))
         return self._powers, self._inverse_powers
 
-    def shingle_hashes(self, texts: Sequence[str], batch: Optional[FoldedBatch] = None) -> Tuple[np.ndarray, np.ndarray]:
-        """32-bit hashes of every shingle of every text, and each text's shingle count.
-
-        Words are runs of ASCII letters and digits or of non-ASCII bytes in the folded UTF-8 text; everything else separates them. The words are laid out in one buffer, each followed
-        by one space, so a shingle's hash depends on its words only, not on the spacing between them.
-        """
-        n, count = self.shingle_words, len(texts)
-        batch = batch if batch is not None else FoldedBatch.of(texts)
-        raw, doc_ends = batch.raw, batch.ends + 1
-        word = (raw >= 0x80) | ((raw >= 48) & (raw <= 57)) | ((raw >= 97) & (raw <= 122))
-        prev = np.zeros_like(word)
-        prev[1:] = word[:-1]
-        keep = word | prev  # the words, and the first separator after each
-        clean = np.where(word, raw, 32)[keep].astype(np.uint64)
-        owner_of_word = np.searchsorted(doc_ends, np.flatnonzero(word & ~prev), side="right")
-        per_text = np.bincount(owner_of_word, minlength=count).astype(np.int64)
-        counts = np.where(per_text > 0, np.maximum(per_text - n + 1, 1), 0)
+    def shingle_hashes(self, texts: Sequence[str], batch: Optional[WordBatch] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """32-bit hashes of every shingle of every text, and each text's shingle count: a
+        polynomial rolling hash (mod 2^32) over `clean`, so no Python code runs per shingle."""
+        n = self.shingle_words
+        b = batch if batch is not None else WordBatch.of(texts)
+        counts = np.where(b.per_text > 0, np.maximum(b.per_text - n + 1, 1), 0)
         if not counts.any():
             return np.zeros(0, dtype=np.uint32), counts
-        powers, inverse = self._power_tables(len(clean))
+        powers, inverse = self._power_tables(len(b.clean))
         with np.errstate(over="ignore"):
-            prefix = np.zeros(len(clean) + 1, dtype=np.uint64)
-            np.cumsum((clean + np.uint64(1)) * powers[:len(clean)], out=prefix[1:])
-            word_ends = np.flatnonzero(clean == 32)  # the k-th space ends the k-th word
-            word_starts = np.concatenate(([0], word_ends[:-1] + 1))
-            words = per_text[per_text > 0]
-            first_word = np.concatenate(([0], np.cumsum(words)[:-1]))
-            shingles = counts[per_text > 0]
+            prefix = np.zeros(len(b.clean) + 1, dtype=np.uint32)
+            np.cumsum((b.clean.astype(np.uint32) + np.uint32(1)) * powers[:len(b.clean)], out=prefix[1:],
+                      dtype=np.uint32)
+            has = b.per_text > 0
+            words, first_word, shingles = b.per_text[has], b.first_word[has], counts[has]
             owner = np.repeat(np.arange(len(words)), shingles)
             offset = np.arange(int(shingles.sum())) - np.repeat(np.cumsum(shingles) - shingles, shingles)
             start_word = first_word[owner] + offset
             end_word = np.minimum(start_word + n - 1, first_word[owner] + words[owner] - 1)
-            starts, ends = word_starts[start_word], word_ends[end_word]
+            starts, ends = b.word_starts[start_word], b.word_ends[end_word]
             value = (prefix[ends] - prefix[starts]) * inverse[starts]
-            value = _mix(value ^ (ends - starts).astype(np.uint64))
-        return (value >> np.uint64(32)).astype(np.uint32), counts
+            value = _mix32(value ^ (ends - starts).astype(np.uint32))
+        return value, counts
 
     # ------------------------------------------------------------------------------------- minhash
     def signatures(self, hashes: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -195,7 +210,7 @@ class MinHasher:
             row = last
         return out
 
-    def band_keys(self, texts: Sequence[str], batch: Optional[FoldedBatch] = None) -> Tuple[np.ndarray, np.ndarray]:
+    def band_keys(self, texts: Sequence[str], batch: Optional[WordBatch] = None) -> Tuple[np.ndarray, np.ndarray]:
         """uint64 [n, bands] band keys (rows of zeros for texts without words) and a has-words mask."""
         hashes, counts = self.shingle_hashes(texts, batch)
         keys = np.zeros((len(texts), self.bands), dtype=np.uint64)

@@ -23,7 +23,7 @@ import numpy as np
 from ...config import FiltersConfig
 from ..errors import DataError
 from ..readers import BadRecord, parse_record
-from .dedup import DedupKeys, FoldedBatch, MinHasher, exact_keys
+from .dedup import DedupKeys, WordBatch, MinHasher, exact_keys
 from .lists import DomainLists
 from .optout import OptOutFilter, bad_url_decision
 from .pii import PiiScrubber
@@ -198,7 +198,7 @@ class Stage:
         has = np.zeros(len(texts), bool)
         if not (self.enabled and texts and (f.dedup.exact or f.dedup.near)):
             return DedupKeys(exact, band_keys, has)
-        batch = FoldedBatch.of(texts)
+        batch = WordBatch.of(texts)
         if f.dedup.exact:
             exact = exact_keys(texts, batch)
         if self.minhash is not None:
@@ -215,18 +215,19 @@ class Stage:
         kept_ids = ids[:len(kept_texts)]
         if not kept_ids:
             return
-        lengths = np.fromiter((len(x) + 1 for x in kept_ids), dtype=np.int64, count=len(kept_ids))
-        ends = np.cumsum(lengths)
-        flat = np.full(int(ends[-1]), tok.eos_id, dtype=np.int64)
-        body = np.ones(len(flat), dtype=bool)
-        body[ends - 1] = False
-        flat[body] = np.fromiter(itertools.chain.from_iterable(kept_ids), dtype=np.int64, count=int(body.sum()))
-        if flat.min() < 0 or flat.max() >= tok.vocab_size:
-            raise DataError(f"the tokenizer produced ids outside [0, {tok.vocab_size}); its vocabulary size is wrong")
         from ..shards import token_dtype
 
-        result.flat = flat.astype(token_dtype(tok.vocab_size))
-        result.ends = ends
+        for seq in kept_ids:
+            seq.append(tok.eos_id)
+        ends = np.cumsum([len(seq) for seq in kept_ids])
+        try:
+            flat = np.fromiter(itertools.chain.from_iterable(kept_ids), dtype=token_dtype(tok.vocab_size),
+                               count=int(ends[-1]))
+        except OverflowError:
+            flat = None
+        if flat is None or int(flat.max()) >= tok.vocab_size:
+            raise DataError(f"the tokenizer produced ids outside [0, {tok.vocab_size}); its vocabulary size is wrong")
+        result.flat, result.ends = flat, ends
 
 
 def _host_or_none(url: Any) -> Optional[str]:
