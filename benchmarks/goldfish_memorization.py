@@ -39,6 +39,7 @@ from eurotron.train.metrics import read_metrics
 from eurotron.train.trainer import Trainer
 from eurotron.validation import validate_train_config
 
+EVALS_PER_AUDIT = 4
 LOSSES = {
     "standard": ["loss=standard"],
     "goldfish": ["loss=goldfish", "loss.k=4", "loss.h=13", "loss.strategy=hash"],
@@ -91,7 +92,8 @@ def train_run(name: str, data: Path, out: Path, args, steps: int, every: int, ev
         f"data.path={data}", f"run_dir={run_dir}", f"name={name}", f"data.seq_len={args.seq_len}",
         f"data.global_batch_size={args.batch}", f"data.micro_batch_size={args.batch}", f"train.steps={steps}",
         f"optim.lr={args.lr}", "optim.weight_decay=0.0", "scheduler=constant", "scheduler.warmup_steps=10",
-        f"checkpoint.every={every}", "checkpoint.keep_last=1000", f"eval.every={every}", f"eval.batches={eval_batches}",
+        f"checkpoint.every={every}", "checkpoint.keep_last=1000", f"eval.every={max(1, every // EVALS_PER_AUDIT)}",
+        f"eval.batches={eval_batches}",
         "logging.plot_loss_curve=false", "logging.console=false", "train.seed=0",
         *model_overrides(args.hidden, args.layers, args.seq_len), *LOSSES[name],
     ])
@@ -103,11 +105,12 @@ def train_run(name: str, data: Path, out: Path, args, steps: int, every: int, ev
 
 
 def audit_run(run_dir: Path, train_docs: List[List[int]], heldout_docs: List[List[int]], samples_per_epoch: int,
-              args) -> List[Dict]:
-    """Audit every checkpoint of a run on the training documents; the last one also on the held-out
-    documents (the model never saw them: the "unseen" baseline of Rouge-L)."""
+              args) -> Dict:
+    """Audit every checkpoint of a run on its training documents, and the last one also on the
+    held-out documents (never trained on: the "unseen" baseline); collect the held-out loss curve."""
     from eurotron.generation import load_model_from_checkpoint
 
+    epochs = lambda step: step * args.batch / samples_per_epoch  # noqa: E731
     checkpoints = sorted((run_dir / "checkpoints").glob("step_*"))
     model, cfg, _ = load_model_from_checkpoint(checkpoints[0])
     tokenizer = Tokenizer.load(checkpoints[0] / "tokenizer")
@@ -120,44 +123,48 @@ def audit_run(run_dir: Path, train_docs: List[List[int]], heldout_docs: List[Lis
         model.eval()
         step = int(ckpt.name.split("_")[1])
         a = audit_token_documents(audit_model, train_docs, args.suffix_tokens, batch_size=16).aggregate
-        rows.append({"step": step, "epochs": step * args.batch / samples_per_epoch, "eval_loss": evals.get(step),
+        rows.append({"step": step, "epochs": epochs(step), "eval_loss": evals.get(step),
                      **{k: a[k] for k in ("documents", "exact_matches", "exact_match_rate", "token_accuracy", "rouge_l")}})
         print(f"[{run_dir.name}] step {step:5d} epochs {rows[-1]['epochs']:6.1f} exact {a['exact_matches']}/"
               f"{a['documents']} token acc {a['token_accuracy']:.3f} Rouge-L {a['rouge_l']:.3f} "
               f"held-out loss {evals.get(step, float('nan')):.3f}", flush=True)
     unseen = audit_token_documents(audit_model, heldout_docs, args.suffix_tokens, batch_size=16).aggregate
-    rows[-1]["heldout_rouge_l"] = unseen["rouge_l"]
-    rows[-1]["heldout_exact_matches"] = unseen["exact_matches"]
-    return rows
+    return {"audits": rows, "unseen": {k: unseen[k] for k in ("documents", "exact_matches", "token_accuracy", "rouge_l")},
+            "heldout_loss": [{"step": s, "epochs": epochs(s), "loss": v} for s, v in sorted(evals.items())]}
 
 
-def plot(results: Dict[str, List[Dict]], path: Path) -> None:
+def plot(results: Dict[str, Dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for name, rows in results.items():
-        epochs = [r["epochs"] for r in rows]
-        left.plot(epochs, [100 * r["exact_match_rate"] for r in rows], "o-", label=name)
-        right.plot(epochs, [r["rouge_l"] for r in rows], "o-", label=name)
-    left.set_ylabel("documents reproduced exactly (%)")
-    right.set_ylabel("Rouge-L of the 50-token suffix")
-    for ax in (left, right):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for name, run in results.items():
+        x = [r["epochs"] for r in run["audits"]]
+        axes[0].plot(x, [100 * r["exact_match_rate"] for r in run["audits"]], "o-", label=name)
+        axes[1].plot(x, [r["rouge_l"] for r in run["audits"]], "o-", label=f"{name}, training documents")
+        axes[1].axhline(run["unseen"]["rouge_l"], ls=":", color=axes[1].lines[-1].get_color(),
+                        label=f"{name}, held-out documents (end)")
+        axes[2].plot([r["epochs"] for r in run["heldout_loss"]], [r["loss"] for r in run["heldout_loss"]], ".-",
+                     label=name)
+    axes[0].set_ylabel("training documents reproduced exactly (%)")
+    axes[1].set_ylabel("Rouge-L of the greedy 50-token suffix")
+    axes[2].set_ylabel("held-out loss (nats/token)")
+    for ax in axes:
         ax.set_xlabel("epochs")
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle("standard vs goldfish (k=4, h=13) loss: greedy extraction of training documents")
+        ax.legend(fontsize=8)
+    fig.suptitle("standard vs goldfish (k=4, h=13) loss, trained for many epochs on the same documents")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def markdown(results: Dict[str, List[Dict]]) -> str:
+def markdown(results: Dict[str, Dict]) -> str:
     lines = ["| epochs | exact match, standard | exact match, goldfish | Rouge-L, standard | Rouge-L, goldfish | "
              "held-out loss, standard | held-out loss, goldfish |", "|---:|---:|---:|---:|---:|---:|---:|"]
-    for s, g in zip(results["standard"], results["goldfish"]):
+    for s, g in zip(results["standard"]["audits"], results["goldfish"]["audits"]):
         n = s["documents"]
         lines.append(f"| {s['epochs']:.0f} | {s['exact_matches']}/{n} | {g['exact_matches']}/{n} | "
                      f"{s['rouge_l']:.3f} | {g['rouge_l']:.3f} | {s['eval_loss']:.3f} | {g['eval_loss']:.3f} |")
@@ -202,7 +209,9 @@ def main() -> None:
     tokens = sum(len(d) + 1 for d in train_docs)
     samples_per_epoch = (tokens - 1) // args.seq_len
     eval_batches = max(1, (sum(len(d) + 1 for d in heldout_docs) - 1) // args.seq_len // args.batch)
-    every_steps = max(1, math.ceil(args.epochs * samples_per_epoch / args.batch / args.audits))
+    # Checkpoints (audits) every `every_steps`; held-out loss EVALS_PER_AUDIT times as often.
+    every_steps = EVALS_PER_AUDIT * max(1, math.ceil(args.epochs * samples_per_epoch / args.batch / args.audits
+                                                     / EVALS_PER_AUDIT))
     steps = every_steps * args.audits
     print(f"{len(train_docs)} training documents, {tokens} tokens, {samples_per_epoch} samples/epoch; {steps} steps = "
           f"{steps * args.batch / samples_per_epoch:.0f} epochs; {len(heldout_docs)} held-out documents", flush=True)
@@ -224,19 +233,20 @@ def main() -> None:
     summary["wall_s"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(results, out / "memorization.png")
-    for name, rows in results.items():
-        print(f"{name}: after {rows[-1]['epochs']:.0f} epochs, held-out documents (never trained on): "
-              f"{rows[-1]['heldout_exact_matches']}/{len(heldout_docs)} exact, Rouge-L {rows[-1]['heldout_rouge_l']:.3f}")
+    for name, run in results.items():
+        u, best = run["unseen"], min(run["heldout_loss"], key=lambda r: r["loss"])
+        print(f"{name}: held-out documents (never trained on) at the end: {u['exact_matches']}/{u['documents']} exact, "
+              f"Rouge-L {u['rouge_l']:.3f}; lowest held-out loss {best['loss']:.4f} at epoch {best['epochs']:.0f}")
     if len(results) == 2:
         table = markdown(results)
         (out / "results.md").write_text(table)
-        s, g = results["standard"][-1], results["goldfish"][-1]
-        best = {name: min(r["eval_loss"] for r in rows) for name, rows in results.items()}
+        s, g = (results[n]["heldout_loss"] for n in ("standard", "goldfish"))
+        lo = {n: min(r["loss"] for r in results[n]["heldout_loss"]) for n in results}
         print(table)
         print(f"goldfish dropped {summary['goldfish_dropped_frac_mean']:.1%} of target tokens; held-out loss at the "
-              f"end: standard {s['eval_loss']:.4f}, goldfish {g['eval_loss']:.4f} "
-              f"({100 * (g['eval_loss'] / s['eval_loss'] - 1):+.1f}%); lowest: standard {best['standard']:.4f}, "
-              f"goldfish {best['goldfish']:.4f} ({100 * (best['goldfish'] / best['standard'] - 1):+.1f}%)")
+              f"end: standard {s[-1]['loss']:.4f}, goldfish {g[-1]['loss']:.4f} "
+              f"({100 * (g[-1]['loss'] / s[-1]['loss'] - 1):+.1f}%); lowest: standard {lo['standard']:.4f}, "
+              f"goldfish {lo['goldfish']:.4f} ({100 * (lo['goldfish'] / lo['standard'] - 1):+.1f}%)")
     print(f"{summary['wall_s']:.0f} s in all; results in {out}")
 
 

@@ -127,3 +127,46 @@ def run_script(script: Path, env: Dict[str, str], cwd: Path, timeout: float = 60
 
 def recorded_train(root: Path) -> dict:
     return json.loads((root / "train.json").read_text())
+
+
+FAKE_SBATCH = r'''#!/usr/bin/env python3
+"""sbatch stand-in: records its arguments (one JSON list per call) and answers with the next job id."""
+import json, os, sys
+root = os.environ["FAKE_SLURM_DIR"]
+count_file = os.path.join(root, "sbatch.count")
+job = int(open(count_file).read()) + 1 if os.path.exists(count_file) else 101
+open(count_file, "w").write(str(job))
+with open(os.path.join(root, "sbatch.calls"), "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\n")
+print(job if "--parsable" in sys.argv else f"Submitted batch job {job}")
+'''
+
+
+def make_fake_sbatch(root: Path) -> Dict[str, str]:
+    """A PATH whose `sbatch` only records the submission (for tests of eurotron-launch itself)."""
+    env = make_fake_slurm(root)
+    path = root / "bin" / "sbatch"
+    path.write_text(FAKE_SBATCH)
+    path.chmod(0o755)
+    return env
+
+
+def sbatch_calls(root: Path) -> List[List[str]]:
+    calls = root / "sbatch.calls"
+    return [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
+
+
+def prepare_dataset(out: Path) -> Path:
+    """A small prepared dataset (the shipped demo corpus, 512-token vocabulary)."""
+    from eurotron.compose import compose_prepare
+    from eurotron.data.prepare import prepare
+
+    prepare(compose_prepare([f"output_dir={out}", "tokenizer.vocab_size=512"]))
+    return out
+
+
+def launch_cli(args: Sequence[str], env: Dict[str, str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    import sys
+
+    exe = Path(sys.executable).parent / "eurotron-launch"
+    return subprocess.run([str(exe), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)

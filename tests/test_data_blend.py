@@ -114,6 +114,7 @@ def test_blend_config_is_validated():
         validate_train_config(cfg)
     assert "data.blend[1].path='data/de': appears twice" in str(info.value)
     assert "data.blend[2].weight=0.0" in str(info.value)
+    assert "eurotron-train does not read blends yet" in str(info.value)  # never silently ignored
     cfg, _ = compose_train(["experiment=demo", "data.blend=[{path: data/de, weight: 2}]"])
     assert cfg.data.blend[0].path == "data/de" and cfg.data.blend[0].weight == 2.0
 

@@ -492,31 +492,27 @@ def test_memorization_cli(goldfish_run, bin_dir, tmp_path):
 
 
 def test_audit_of_a_hugging_face_directory(goldfish_run, tmp_path):
-    import shutil
+    """The checkpoint converted by eurotron-convert to-hf (fp32) audits like the checkpoint itself:
+    same next-token logits, left padding masked by the attention mask, same report."""
+    from eurotron.convert.to_hf import convert_to_hf
 
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from eurotron.train.checkpoint import resolve_checkpoint
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=512, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=1, intermediate_size=64, max_position_embeddings=128)
     hf_dir = tmp_path / "hf"
-    LlamaForCausalLM(config).save_pretrained(hf_dir)
-    for f in (resolve_checkpoint(goldfish_run[0]) / "tokenizer").iterdir():
-        shutil.copy(f, hf_dir / f.name)
-    model = load_audit_model(hf_dir)
-    assert model.kind == "hf" and model.max_len == 128
-    # Left padding is masked: the padded row's next-token logits equal the unpadded ones.
+    convert_to_hf(goldfish_run[0], hf_dir, dtype="fp32", progress=False)
+    hf = load_audit_model(hf_dir)
+    ours = load_audit_model(goldfish_run[0])
+    assert (hf.kind, ours.kind) == ("hf", "eurotron") and hf.max_len == ours.max_len == 128
     prompt = torch.randint(3, 500, (1, 12), generator=torch.Generator().manual_seed(1))
-    alone = model.next_token_logits(prompt, torch.ones_like(prompt, dtype=torch.bool))
+    alone = ours.next_token_logits(prompt, torch.ones_like(prompt, dtype=torch.bool))
     padded = torch.cat([torch.zeros(1, 5, dtype=torch.long), prompt], dim=1)
     valid = torch.cat([torch.zeros(1, 5, dtype=torch.bool), torch.ones(1, 12, dtype=torch.bool)], dim=1)
-    torch.testing.assert_close(model.next_token_logits(padded, valid), alone, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(hf.next_token_logits(prompt, torch.ones_like(prompt, dtype=torch.bool)), alone,
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(hf.next_token_logits(padded, valid), alone, atol=1e-4, rtol=1e-4)
     docs = [list(range(10, 40)), list(range(50, 70))]
-    report = audit_token_documents(model, docs, suffix_tokens=5, batch_size=2)
-    assert report.aggregate["documents"] == 2
-    assert [(r.prompt_tokens, r.suffix_tokens) for r in report.results] == [(25, 5), (15, 5)]
+    a = audit_token_documents(hf, docs, suffix_tokens=5, batch_size=2)
+    b = audit_token_documents(ours, docs, suffix_tokens=5, batch_size=1)
+    assert [(r.prompt_tokens, r.suffix_tokens) for r in a.results] == [(25, 5), (15, 5)]
+    assert [r.generated for r in a.results] == [r.generated for r in b.results]
 
 
 # ------------------------------------------------------------------------ parallel layouts (gloo)

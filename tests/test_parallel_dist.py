@@ -65,10 +65,16 @@ def data(tmp_path_factory) -> Path:
 
 
 def train_here(overrides_: Sequence[str]) -> None:
-    """One process, in this interpreter (the reference, and the single-process resume)."""
+    """One process, in this interpreter (the reference, and the single-process resume), on one thread
+    like each torchrun rank (the cores are shared); the interpreter's thread count is restored."""
     cfg, text = compose_train(list(overrides_))
     validate_train_config(cfg, world_size=1)
-    Trainer(cfg, text).fit()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        Trainer(cfg, text).fit()
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -158,11 +164,24 @@ TWO_PROCESSES = [
 ]
 
 
+# bf16 compute (FSDP2's bf16 parameters with fp32 gradient reduction; autocast under PP): rounding
+# differs from fp32 by design, so these only have to train like the fp32 reference, within 2%.
+BF16 = [
+    ("dp2_fsdp_bf16", "llama", ["parallel=dp2_fsdp", "train.precision=bf16"]),
+    ("pp2_bf16", "llama", ["parallel=pp2", "train.precision=bf16"]),
+]
+
+
 def test_two_process_layouts_match_one_process(data, references, tmp_path):
     """TP2, TP2+SP, PP2 under every schedule (1F1B, GPipe with an explicit split, interleaved 1F1B,
-    looped BFS, interleaved zero-bubble, ZBV, DualPipeV), DP2 with FSDP2 and with DDP."""
-    launch(2, runs_for(TWO_PROCESSES, data, tmp_path), tmp_path)
+    looped BFS, interleaved zero-bubble, ZBV, DualPipeV), DP2 with FSDP2 and with DDP; and bf16."""
+    launch(2, runs_for(TWO_PROCESSES + BF16, data, tmp_path), tmp_path)
     check_layouts(TWO_PROCESSES, references, tmp_path)
+    for name, variant, _ in BF16:
+        got, want = metrics(tmp_path / name), metrics(references[variant])
+        assert sorted(got) == list(range(1, 7))
+        for step in got:
+            assert rel(got[step]["loss"], want[step]["loss"]) < 0.02, (name, step, got[step]["loss"], want[step]["loss"])
 
 
 FOUR_PROCESSES = [
@@ -184,6 +203,7 @@ def test_four_process_layouts_match_one_process(data, references, tmp_path):
 
 EIGHT_PROCESSES = [
     ("tp2_pp2_dp2", "llama", ["parallel=tp2_pp2_dp2"]),
+    ("hsdp_2x2_tp2", "apertus", ["parallel=hsdp_2x2", "parallel.tp=2", "parallel.sequence_parallel=true"]),
     ("tp2_pp2_dp2_tied", "tied", ["parallel=tp2_pp2_dp2"]),
 ]
 # Resumed from tp2_pp2_dp2_tied's step-3 checkpoint.
@@ -196,7 +216,7 @@ RESHARDED = [
 
 
 def test_3d_layout_and_resharded_resume(data, references, tmp_path):
-    """TP2 x PP2 x DP2 on 8 processes matches one process; its checkpoint, sharded by 8 ranks,
+    """TP2 x PP2 x DP2 (and HSDP 2x2 x TP2) on 8 processes match one process; the 3D checkpoint, sharded by 8 ranks,
     resumes under TP1xPP4xDP2, TP4xPP1xDP2, DP8 (FSDP2 and DDP) and in one process, and every
     resumed run continues exactly like the uninterrupted one."""
     base = tmp_path / "tp2_pp2_dp2_tied"

@@ -275,6 +275,8 @@ class LauncherConfig:
     ranks_per_node: int = 0
     # Appended to the first node's name for MASTER_ADDR (JSC: "i" selects the InfiniBand address).
     master_addr_suffix: str = ""
+    # A fixed MASTER_ADDR instead of the first node's name (the single-node test cluster: 127.0.0.1).
+    master_addr: Optional[str] = None
     # MASTER_PORT = port_base + SLURM_JOB_ID % 10000, unique per job on shared nodes.
     port_base: int = 20000
     nccl_debug: str = "WARN"

@@ -60,6 +60,11 @@ def _removals(output_dir: str, manifest: Dict[str, Any]) -> List[str]:
         more = " (" + ", ".join(f"{k} {v:,}" for k, v in list(detail.items())[:6]) + ")" if detail else ""
         domains = ", ".join(d["domain"] for d in entry["top_domains"][:3])
         lines.append(f"    {reason:<15}{entry['docs']:>9,}  {entry['description']}{more}; top: {domains}")
+    robots = report.get("optout_signals", {}).get("robots", {})
+    if robots.get("missing", 0) * 2 > sum(robots.values()) > 0:
+        lines.append(f"  note: {robots['missing']:,} of {sum(robots.values()):,} documents come from origins the "
+                     f"snapshot does not hold (policy: {report['policy']['missing']}); is filters.snapshot the "
+                     f"right one for this source?")
     pii = report["pii"]
     if pii["replaced"]:
         lines.append("  PII replaced: " + ", ".join(f"{k} {v:,}" for k, v in sorted(

@@ -3,9 +3,12 @@
 ``dcp.save`` plans from the state dict's shapes and dtypes and asks the planner for each tensor's data
 only when it writes that tensor (``SavePlanner.resolve_data``). The state dict given to it here holds
 zero-stride placeholders (``torch.zeros(()).expand(shape)``: the right shape, no memory), and the
-planner's ``resolve_data`` produces the real tensor on demand, so only one tensor is in memory at a
-time. The result is an ordinary single-process DCP checkpoint under the ``model.`` prefix, which
-``load_checkpoint`` (and any parallel layout, through DCP's resharding) reads like one the trainer wrote.
+planner's ``resolve_data`` produces the real tensor on demand. Each tensor goes to its own file
+(``single_file_per_rank=False``), because FileSystemWriter keeps every tensor of a file alive until the
+file is closed; so at most two tensors (the one being written and the previous one, still referenced by
+the writer's loop) are in memory at a time. The result is an ordinary single-process DCP checkpoint
+under the ``model.`` prefix, which ``load_checkpoint`` (and any parallel layout, through DCP's
+resharding) reads like one the trainer wrote.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavai
 
 
 class _OnDemandPlanner(DefaultSavePlanner):
+    """Plans from the placeholders; hands DCP the produced tensor when it writes each one."""
+
     def __init__(self, produce: Callable[[str], torch.Tensor], specs: Dict[str, Tuple[Tuple[int, ...], torch.dtype]],
                  on_tensor: Optional[Callable[[str, int], None]] = None) -> None:
         super().__init__()
@@ -65,6 +70,5 @@ def write_model_checkpoint(
             on_tensor(fqn[len(MODEL_PREFIX):], nbytes)
 
     planner = _OnDemandPlanner(produce_prefixed, prefixed, report)
-    # One file per tensor: FileSystemWriter keeps every tensor of a file alive until the file is closed.
     writer = FileSystemWriter(str(path), single_file_per_rank=False, thread_count=1)
     dcp.save(state, storage_writer=writer, planner=planner, no_dist=True)

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, Optional
+from typing import Any, Dict, Iterator
 
 from .. import __version__
 from ..config import PrepareConfig, to_object
@@ -249,12 +249,14 @@ def _progress(enabled: bool, desc: str):
 def _stream(cfg: PrepareConfig, settings: StageSettings, progress: bool, desc: str) -> Iterator[BatchResult]:
     """The stage's results for the whole source, in order, with a progress bar."""
     bar = _progress(progress, desc)
+    results = run_stage(settings, iter_rows(cfg.source), cfg.num_workers)
     try:
-        for count, result in run_stage(settings, iter_rows(cfg.source), cfg.num_workers):
+        for count, result in results:
             if bar is not None:
                 bar.update(count)
             yield result
     finally:
+        results.close()  # stops the worker processes now, also when the caller stops early
         if bar is not None:
             bar.close()
 

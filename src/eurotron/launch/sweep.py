@@ -44,10 +44,13 @@ def record_point(sweep_dir: Path, point: SweepPoint) -> None:
 
 
 def format_table(points: List[SweepPoint]) -> str:
+    """Markdown table; the overrides column shows what varies between points (all of them in sweep.json)."""
+    common = set.intersection(*(set(p.overrides) for p in points)) if len(points) > 1 else set()
     lines = ["| # | job ids | overrides | run dir |", "|---|---|---|---|"]
     for p in points:
         jobs = ", ".join(p.job_ids) if p.job_ids else ("(dry run)" if p.dry_run else "-")
-        lines.append(f"| {p.num} | {jobs} | {' '.join(p.overrides) or '-'} | {p.run_dir} |")
+        varying = [o for o in p.overrides if o not in common]
+        lines.append(f"| {p.num} | {jobs} | {' '.join(varying) or '-'} | {p.run_dir} |")
     return "\n".join(lines)
 
 

@@ -154,8 +154,11 @@ def requeue_enabled(cfg: TrainConfig) -> bool:
 
 def check_launch(cfg: TrainConfig, *, check_data: bool = True) -> JobPlan:
     """Validate the training config and the launch; raise ConfigError with every problem, else the plan."""
-    validate_train_config(cfg)
     p = _Problems()
+    try:
+        validate_train_config(cfg)
+    except ConfigError as err:  # report the training config's problems together with the launch's
+        p.lines.extend(line.strip() for line in str(err).splitlines()[1:] if line.strip())
     _check_choices(cfg, p)
     _check_script_values(cfg, p)
     plan: Optional[JobPlan] = None

@@ -46,8 +46,8 @@ def global_grad_norm(params: Iterable[torch.nn.Parameter], pp_group: Optional[di
         g = p.grad
         key = (g.device_mesh, tuple(g.placements)) if isinstance(g, DTensor) else None
         buckets.setdefault(key, []).append(_local(g))
-    device = params[0].grad.device if params else torch.device("cpu")
-    total = torch.zeros((), dtype=torch.float32, device=_local(params[0].grad).device if params else device)
+    device = _local(params[0].grad).device if params else torch.device("cpu")
+    total = torch.zeros((), dtype=torch.float32, device=device)
     for key, grads in buckets.items():
         norms = torch._foreach_norm([g.float() if g.dtype != torch.float32 else g for g in grads])
         squared = torch.stack(norms).square().sum()

@@ -9,8 +9,7 @@ model's parameter count. Per rank it reports the parameter count and the bytes o
 
 Bytes per rank: fp32 master weights, fp32 gradients and AdamW's two fp32 moments (16 B per local
 parameter), plus, with FSDP, the gathered compute copies of two blocks at a time (the one running and
-the one being prefetched) in the compute dtype. Activations come on top and depend on micro-batch,
-sequence length and activation checkpointing.
+the one being prefetched) in the compute dtype, plus an activation estimate (``activation_bytes``).
 """
 
 from __future__ import annotations
@@ -46,6 +45,34 @@ class StageReport:
         return max(self.per_rank_params) * STATE_BYTES_PER_PARAM
 
 
+def activation_bytes(model_cfg: ModelConfig, par: ParallelConfig, seq_len: int, micro_batch: int,
+                     layers_on_rank: int, bytes_per_value: int = 2) -> int:
+    """Activation memory of the busiest pipeline rank, after Korthikanti et al. (2022), in bf16.
+
+    One block's backward working set is ~34 * s * b * h bytes / t with sequence parallelism (attention
+    scores are not kept: SDPA's fused kernels recompute them). With full recomputation a block keeps
+    only its input (2 * s * b * h / t bytes) per micro-batch in flight; selective keeps every other
+    block whole; none keeps all. 1F1B keeps up to ``pp`` micro-batches in flight on the first rank
+    (interleaving raises that by up to one round per virtual stage). The fp32 logits of one
+    micro-batch (s * b * vocab / t * 4 bytes, twice for the softmax backward) come on top.
+    """
+    sbh = seq_len * micro_batch * model_cfg.hidden_size
+    tp = par.tp
+    per_block_full = 34 * sbh // tp * bytes_per_value // 2
+    per_block_input = sbh // tp * bytes_per_value
+    if par.activation_checkpoint == "full":
+        kept = layers_on_rank * per_block_input
+    elif par.activation_checkpoint == "selective":
+        every = max(par.activation_checkpoint_every, 1)
+        recomputed = (layers_on_rank + every - 1) // every
+        kept = recomputed * per_block_input + (layers_on_rank - recomputed) * per_block_full
+    else:
+        kept = layers_on_rank * per_block_full
+    in_flight = par.pp if par.pp_virtual_stages == 1 else par.pp + (par.pp_virtual_stages - 1) * par.pp
+    logits = 2 * seq_len * micro_batch * model_cfg.vocab_size // tp * 4
+    return kept * in_flight + per_block_full + logits
+
+
 @dataclass
 class ScaleReport:
     model: str
@@ -54,6 +81,7 @@ class ScaleReport:
     total_params: int
     stages: List[StageReport] = field(default_factory=list)
     compute_bytes_per_param: int = 2   # bf16 compute copies on GPU
+    activations: int = 0               # estimate for the busiest rank (see activation_bytes)
 
     @property
     def sharded_total(self) -> int:
@@ -64,7 +92,9 @@ class ScaleReport:
         return max(max(s.per_rank_params) for s in self.stages)
 
     def max_bytes_per_rank(self) -> int:
-        return max(s.state_bytes() + 2 * s.largest_block_gathered * self.compute_bytes_per_param for s in self.stages)
+        """Weights, gradients, optimizer state and gathered blocks of the fullest rank, plus activations."""
+        return self.activations + max(s.state_bytes() + 2 * s.largest_block_gathered * self.compute_bytes_per_param
+                                      for s in self.stages)
 
     def format(self) -> str:
         lines = [f"{self.model} on {self.layout} ({self.world_size} ranks): {self.total_params:,} parameters; "
@@ -75,7 +105,8 @@ class ScaleReport:
                 f"  pp rank {s.pp_rank} (stages {','.join(map(str, s.stages))}): "
                 f"{min(s.per_rank_params):,}-{max(s.per_rank_params):,} params/rank, "
                 f"{s.state_bytes() / 2**30:.2f} GiB weights+grads+AdamW + {working / 2**30:.2f} GiB gathered blocks")
-        lines.append(f"  max per rank: {self.max_bytes_per_rank() / 2**30:.2f} GiB (before activations)")
+        lines.append(f"  activations (estimate, busiest rank): {self.activations / 2**30:.2f} GiB")
+        lines.append(f"  max per rank: {self.max_bytes_per_rank() / 2**30:.2f} GiB")
         return "\n".join(lines)
 
 
@@ -161,7 +192,7 @@ def check_stage(model_cfg: ModelConfig, par: ParallelConfig, pp_rank: int) -> St
                        max(_block_gathered_numel(part) for part in model.modules))
 
 
-def scale_check(model_cfg: ModelConfig, par: ParallelConfig) -> ScaleReport:
+def scale_check(model_cfg: ModelConfig, par: ParallelConfig, seq_len: int = 4096, micro_batch: int = 1) -> ScaleReport:
     """Run ``check_stage`` for every pipeline rank, each over a fresh fake process group."""
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
@@ -171,6 +202,8 @@ def scale_check(model_cfg: ModelConfig, par: ParallelConfig) -> ScaleReport:
     layout = f"TP{par.tp} x PP{par.pp} x DP{par.dp}" + (f" ({par.dp_replicate}x{par.dp_shard} HSDP)"
                                                         if par.dp_replicate > 1 else "")
     report = ScaleReport(model_cfg.name, layout, par.world_size, total)
+    layers_on_rank = -(-model_cfg.num_layers // par.pp)
+    report.activations = activation_bytes(model_cfg, par, seq_len, micro_batch, layers_on_rank)
     ranks_per_stage = par.world_size // par.pp
     for pp_rank in range(par.pp):
         dist.init_process_group("fake", store=FakeStore(), rank=pp_rank * ranks_per_stage, world_size=par.world_size)
