@@ -2,14 +2,14 @@
 
 Hans et al. (2024) trained LLaMA-2-7B for 100 epochs on 100 Wikipedia articles: with the standard
 loss greedy decoding reproduced 84/100 articles' last 50 tokens exactly, with goldfish k=4 (h=13)
-none. Here a ~0.8M-parameter eurotron model is trained for many epochs on a few dozen documents of
-the shipped demo corpus, once with the standard loss and once with goldfish (k=4, h=13, hash), from
+none. Here a 0.8M-parameter eurotron model is trained for 100 epochs on about twenty short documents
+of the shipped demo corpus, once with the standard loss and once with goldfish (k=4, h=13, hash), from
 the same initialisation and data order. Checkpoints along the way are audited with the extraction
 protocol of ``eurotron-memorization`` (prompt = document minus its last 50 tokens, greedy decoding),
 and the loss on held-out documents of the same corpus is compared.
 
-    python benchmarks/goldfish_memorization.py                       # ~10 min on 2 CPU cores
-    python benchmarks/goldfish_memorization.py --epochs 40 --docs 16  # a quicker look
+    python benchmarks/goldfish_memorization.py                                 # ~6 min, 1 CPU thread
+    python benchmarks/goldfish_memorization.py --epochs 50 --docs 12 --heldout 6  # a quicker look
 
 Writes to --out (default runs/goldfish_memorization): results.json, results.md, memorization.png
 and the two runs. The table and figure are recorded in benchmarks/README.md.

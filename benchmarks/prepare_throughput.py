@@ -12,8 +12,9 @@ there), with a SentencePiece tokenizer trained once by eurotron-prepare:
   (``time.process_time``), which the other jobs of a shared machine do not inflate; per-document
   figures are marginal — (T(N) - T(N/4)) / (3N/4) — so the fixed start-up cost (loading the
   tokenizer and the snapshot, writing the manifest) does not count per document.
-* **scaling**: wall-clock documents/s for ``num_workers`` = 0, 1, 2, ... (unpinned), plus the CPU
-  time of all processes together per document.
+* **scaling**: wall-clock documents/s for ``num_workers`` = 0 (pinned to one core), 1, 2, ...,
+  with the CPU time per document of the main process (serial: reading, dedup decisions, shards,
+  report) and of the workers; the main process's share bounds the speed-up workers can give.
 
     python benchmarks/prepare_throughput.py                      # 40k documents, workers 0 1 2
     python benchmarks/prepare_throughput.py --docs 100000 --workers 0 2 4 8 --repeats 3
@@ -45,11 +46,6 @@ def _prepare(corpus: Path, out: Path, tokenizer: Path, workers: int = 0, filters
                  f"tokenizer.path={tokenizer}", "eval_every_nth_document=0", f"num_workers={workers}",
                  f"filters.enabled={str(filters).lower()}"]
     return prepare(compose_prepare(overrides), progress=False)
-
-
-def _cpu() -> float:
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def per_core(work: Path, corpora: dict, tokenizer: Path, repeats: int) -> dict:
@@ -88,17 +84,32 @@ def per_core(work: Path, corpora: dict, tokenizer: Path, repeats: int) -> dict:
 
 
 def scaling(work: Path, corpus: Path, docs: int, tokenizer: Path, workers: list, repeats: int) -> list:
+    """Wall-clock documents/s per num_workers, and where the CPU time goes: the main process (reading,
+    dedup decisions, shards, report: serial) and the workers (parsing, filters, tokenizing). With
+    num_workers=0 the main process is pinned to one core (one SentencePiece thread), the 1-core
+    baseline. On a machine with free cores the wall-clock rate grows with the workers until the main
+    process saturates, at about 1e6 / main_cpu_us_per_doc documents/s."""
     rows = []
+    all_cores = os.sched_getaffinity(0)
     for n in workers:
-        walls, cpus = [], []
+        walls, mains, children = [], [], []
         for _ in range(repeats):
-            cpu0, wall0 = _cpu(), time.perf_counter()
+            if n == 0:
+                os.sched_setaffinity(0, {min(all_cores)})
+            child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            main0, wall0 = time.process_time(), time.perf_counter()
             _prepare(corpus, work / "out", tokenizer, n, True)
             walls.append(time.perf_counter() - wall0)
-            cpus.append(_cpu() - cpu0)
+            mains.append(time.process_time() - main0)
+            child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            children.append(child1.ru_utime + child1.ru_stime - child0.ru_utime - child0.ru_stime)
+            os.sched_setaffinity(0, all_cores)
         wall = min(walls)
+        main_us = statistics.median(mains) / docs * 1e6
         rows.append({"num_workers": n, "wall_s": round(wall, 2), "docs_per_s": round(docs / wall),
-                     "cpu_us_per_doc_all_processes": round(statistics.median(cpus) / docs * 1e6, 1)})
+                     "main_cpu_us_per_doc": round(main_us, 1),
+                     "workers_cpu_us_per_doc": round(statistics.median(children) / docs * 1e6, 1),
+                     "main_process_ceiling_docs_per_s": round(1e6 / main_us) if n else None})
     return rows
 
 
@@ -112,6 +123,7 @@ def main() -> None:
                    help="sentences per document (3-8: ~550 characters; 10-30: ~2,200)")
     p.add_argument("--work-dir", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--skip-per-core", action="store_true", help="only the scaling runs")
     args = p.parse_args()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="eurotron-prepare-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -132,7 +144,8 @@ def main() -> None:
                "full_prepare_with_tokenizer_training_s": round(time.perf_counter() - started, 1),
                "removed": manifest["report"]["removed"]}
     tokenizer = work / "tok" / "tokenizer"
-    results["per_core"] = per_core(work, corpora, tokenizer, args.repeats)
+    if not args.skip_per_core:
+        results["per_core"] = per_core(work, corpora, tokenizer, args.repeats)
     results["scaling"] = scaling(work, corpora[args.docs], args.docs, tokenizer, args.workers, args.repeats)
     results["machine"]["load_average_at_end"] = os.getloadavg()
     text = json.dumps(results, indent=2)

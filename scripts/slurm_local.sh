@@ -21,14 +21,14 @@ log() { echo "slurm_local: $*" >&2; }
 
 install() {
     if command -v sbatch >/dev/null && command -v slurmctld >/dev/null; then
-        log "slurm already installed ($(sbatch --version))"
+        log "slurm already installed ($(slurmctld -V 2>/dev/null || true))"
         return
     fi
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq slurm-wlm >/dev/null
-    log "installed $(sbatch --version)"
+    log "installed $(slurmctld -V 2>/dev/null || true)"
 }
 
 node_up() {

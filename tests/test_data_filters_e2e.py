@@ -251,3 +251,18 @@ def test_summary_draft_traces_every_figure(demo, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "eurotron.cli.summary", f"reports=[{tmp_path}/nope.json]"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no report.json there" in bad.stderr
+
+
+def test_top_domains_stay_bounded():
+    from eurotron.data.filters.report import TopCounter
+
+    top = TopCounter(capacity=10)
+    top.add_many([f"small{i}.eu" for i in range(100)], [1] * 100)
+    top.add_many(["big.eu"] * 5, [1000] * 5)
+    top.add("big.eu", 1000)
+    assert len(top) <= 20 and top.approximate
+    assert top.top(1) == [{"domain": "big.eu", "docs": 6, "tokens": 6000}]
+    exact = TopCounter(capacity=10)
+    exact.add_many(["a.eu", "b.eu", "a.eu"], [5, 7, 5])
+    assert exact.top() == [{"domain": "a.eu", "docs": 2, "tokens": 10}, {"domain": "b.eu", "docs": 1, "tokens": 7}]
+    assert not exact.approximate

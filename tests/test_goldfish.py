@@ -316,6 +316,19 @@ def test_build_batch_transform_from_config():
     assert dropped_fraction_record(None) == {}
 
 
+def test_config_validation_of_goldfish_settings():
+    from eurotron.compose import compose_train
+    from eurotron.config import ConfigError
+    from eurotron.validation import validate_train_config
+
+    cfg, _ = compose_train(["data.path=unused", "loss=goldfish", "data.seq_len=32", "loss.h=33", "loss.k=0"])
+    with pytest.raises(ConfigError) as err:
+        validate_train_config(cfg)
+    assert "loss.h=33: exceeds data.seq_len=32" in str(err.value) and "loss.k=0: must be >= 1" in str(err.value)
+    cfg, _ = compose_train(["data.path=unused", "loss=goldfish", "data.seq_len=32", "loss.h=32"])
+    validate_train_config(cfg)
+
+
 # ------------------------------------------------------------------------------------------ loader
 def _random_dataset(root: Path, n_docs=60, vocab=5000, eos=2) -> TokenDataset:
     rng = np.random.default_rng(7)

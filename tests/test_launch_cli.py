@@ -111,3 +111,16 @@ def test_train_runs_the_saved_config_as_is(dataset, tmp_path):
     assert (run_dir / "config.yaml").read_text() == saved_text  # the trainer wrote back the very same file
     assert (run_dir / "checkpoints" / "latest").exists()
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_dry_run_sweep_prints_every_point_and_leaves_no_directory(dataset, tmp_path):
+    env = make_fake_sbatch(tmp_path)
+    sweep_dir = tmp_path / "runs" / "dry_sweep"
+    done = launch_cli(["-m", "cluster=local", "experiment=demo", f"data.path={dataset}",
+                       f"hydra.sweep.dir={sweep_dir}", *FAST, "optim.lr=1e-3,3e-3", "launch.dry_run=true"],
+                      env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("#!/bin/bash\n") == 2
+    assert f"eurotron-train --config-file {sweep_dir / '1'}/config.yaml" in done.stdout
+    assert "| 1 | (dry run) | optim.lr=0.003 |" in done.stdout
+    assert not sweep_dir.exists() and sbatch_calls(tmp_path) == []

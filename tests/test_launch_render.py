@@ -183,6 +183,7 @@ def test_local_overcommits_cpu_ranks_and_asks_for_no_gpu(tmp_path):
     assert {"nodes=1", "ntasks=4", "overcommit"} <= set(lines)
     assert not any("gpu" in line for line in lines)
     assert "--overcommit" in srun_args(job.script)
+    assert "MASTER_ADDR=127.0.0.1\n" in job.script and 'GLOO_SOCKET_IFNAME="lo"' in job.script
 
 
 def test_chain_jobs_do_not_requeue_and_custom_signal(tmp_path):

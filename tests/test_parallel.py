@@ -106,6 +106,39 @@ def test_slurm_nodelist_expansion():
     assert expand_nodelist("node1") == ["node1"]
 
 
+def _free_port_for_slurm_job() -> int:
+    """A free port in the range rendezvous_env derives from SLURM_JOB_ID (29500 + id % 10000)."""
+    import socket
+
+    for port in range(29600, 39500, 7):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def test_two_tasks_launched_the_srun_way_train_together(small_data, tmp_path, bin_dir):
+    """No torchrun: two tasks that only know SLURM_PROCID / SLURM_LOCALID / SLURM_NTASKS and the job's
+    node list find each other and train DP2 (FSDP2) to the same losses as one process."""
+    port = _free_port_for_slurm_job()
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") and not k.startswith("SLURM_")}
+    base.update(OMP_NUM_THREADS="1", SLURM_NTASKS="2", SLURM_JOB_ID=str(port - 29500), SLURM_JOB_NODELIST="localhost")
+    args = ["experiment=demo", f"data.path={small_data}", *SMALL, "train.steps=3", "parallel=dp2_fsdp"]
+    tasks = [subprocess.Popen([str(bin_dir / "eurotron-train"), *args, f"run_dir={tmp_path}/srun"],
+                              env={**base, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    outputs = [t.communicate(timeout=300)[0] for t in tasks]
+    assert [t.returncode for t in tasks] == [0, 0], outputs
+    assert "dp_shard=2" in outputs[0] and "(gloo)" in outputs[0]
+    _, single = _train(small_data, tmp_path / "single", "train.steps=3")
+    srun = [r["loss"] for r in read_metrics(tmp_path / "srun" / "metrics.jsonl")]
+    assert srun == pytest.approx(single, rel=1e-5)
+
+
 # ------------------------------------------------------------------------------ layout validation
 def _cfg(*overrides: str):
     cfg, _ = compose_train(["experiment=demo", "data.path=/nonexistent", *overrides])

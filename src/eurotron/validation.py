@@ -233,6 +233,10 @@ def _check_loss_optim_schedule(cfg: TrainConfig, p: _Problems) -> None:
             p.add("loss.h", cfg.loss.h, "must be >= 1 (the hash window length)")
         if cfg.loss.start < 0:
             p.add("loss.start", cfg.loss.start, "must be >= 0")
+        if cfg.loss.strategy == "hash" and cfg.loss.h > cfg.data.seq_len > 0:
+            p.add("loss.h", cfg.loss.h,
+                  f"exceeds data.seq_len={cfg.data.seq_len}: the first h-1 positions of a row are never dropped, "
+                  f"so Goldfish would drop nothing; lower loss.h")
     o = cfg.optim
     p.choice("optim.name", o.name, OPTIMIZERS)
     p.choice("optim.implementation", o.implementation, OPTIM_IMPLEMENTATIONS)

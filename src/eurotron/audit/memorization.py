@@ -156,7 +156,7 @@ def load_audit_model(path: Path | str, device: str = "cpu", tokenizer_path: Opti
         from transformers import AutoModelForCausalLM
 
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, torch_dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
         except (OSError, ValueError) as err:
             raise AuditError(f"cannot load a Hugging Face model from {path}: {err}") from err
         model.to(device).eval()

@@ -10,6 +10,7 @@ directory (resolved config + job script) and submit it; the job trains that save
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Dict
@@ -21,10 +22,11 @@ from omegaconf import DictConfig
 
 from ..config import TrainConfig
 from ..launch.render import SCRIPT_NAME, render_job
-from ..launch.submit import check_run_dir, sbatch_commands, submit_chain, write_run_dir
+from ..launch.submit import SubmitError, check_run_dir, sbatch_commands, submit_chain, write_run_dir
 from ..launch.sweep import SweepPoint, record_point
 from ..launch.validation import check_launch
 from ..paths import config_dir
+from ..plan.memory import GiB, estimate_memory
 from .common import exit_on_user_error, resolved_yaml, typed_config
 
 APP = "eurotron-launch"
@@ -54,6 +56,10 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
     config_yaml = resolved_yaml(cfg)
     shape = (f"{plan.nodes} node(s) x {plan.ranks_per_node} rank(s) = {plan.world_size}, "
              f"{plan.tasks_per_node} task(s) per node ({plan.pattern})")
+    if train_cfg.cluster.gpu_memory_gb > 0:
+        peak = estimate_memory(train_cfg).peak
+        shape += (f"; about {peak.total_bytes / GiB:.1f} of {train_cfg.cluster.gpu_memory_gb:g} GiB per GPU "
+                  f"(pp rank {peak.pp_rank})")
     result: Dict[str, Any] = {"run_dir": str(run_dir), "script": job.script, "job_ids": [], "plan": plan}
     if dry_run:
         for name, text in job.files.items():
@@ -63,6 +69,9 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         print(f"{APP}: dry run ({shape}); would write {run_dir} and run: "
               + "; ".join(" ".join(c) for c in commands), file=sys.stderr, flush=True)
     else:
+        if shutil.which("sbatch") is None:
+            raise SubmitError("sbatch is not on PATH: run eurotron-launch on a Slurm login node "
+                              "(or scripts/slurm_local.sh start here), or pass launch.dry_run=true")
         check_run_dir(run_dir, config_yaml, train_cfg.launch.force)
         script = write_run_dir(job, config_yaml)
         submission = submit_chain(script, train_cfg.launch.chain, cwd=Path.cwd())

@@ -61,10 +61,31 @@ def write_summary(sweep_dir: Path, points: List[SweepPoint]) -> None:
 
 
 class SweepSummary(Callback):
-    """Prints the sweep's table when Hydra's multirun ends."""
+    """Prints the sweep's table when Hydra's multirun ends; after a dry run, takes back the directories
+    Hydra made for the sweep (a dry run writes nothing)."""
+
+    def __init__(self) -> None:
+        self._created: Optional[Path] = None
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+        self._created = None if sweep_dir.exists() else sweep_dir
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         if not _points or _sweep_dir is None:
             return
-        where = "" if all(p.dry_run for p in _points) else f" (written to {_sweep_dir / SUMMARY_MD})"
+        dry = all(p.dry_run for p in _points)
+        where = "" if dry else f" (written to {_sweep_dir / SUMMARY_MD})"
         print(f"eurotron-launch: sweep of {len(_points)} point(s){where}\n{format_table(_points)}", flush=True)
+        if dry and self._created is not None and self._created == _sweep_dir:
+            _remove_empty_sweep_dir(_sweep_dir)
+
+
+def _remove_empty_sweep_dir(sweep_dir: Path) -> None:
+    """Hydra's multirun.yaml and the empty point directories, nothing else."""
+    (sweep_dir / "multirun.yaml").unlink(missing_ok=True)
+    for child in sweep_dir.iterdir():
+        if child.is_dir() and not any(child.iterdir()):
+            child.rmdir()
+    if not any(sweep_dir.iterdir()):
+        sweep_dir.rmdir()

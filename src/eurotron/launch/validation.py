@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..config import ConfigError, TrainConfig
-from ..plan.memory import estimate_memory, fit_problem
+from ..plan.memory import fit_problem
 from ..validation import _Problems, validate_train_config
 from . import shell
 from .nodes import PATTERNS, JobPlan, format_seconds, node_capacity, parse_slurm_time, plan_job
@@ -157,15 +157,17 @@ def check_launch(cfg: TrainConfig, *, check_data: bool = True) -> JobPlan:
     p = _Problems()
     try:
         validate_train_config(cfg)
+        train_ok = True
     except ConfigError as err:  # report the training config's problems together with the launch's
         p.lines.extend(line.strip() for line in str(err).splitlines()[1:] if line.strip())
+        train_ok = False
     _check_choices(cfg, p)
     _check_script_values(cfg, p)
     plan: Optional[JobPlan] = None
-    if cfg.parallel.world_size > 0:
+    if train_ok:  # the layout is well-formed: place it on nodes and into GPU memory
         plan = plan_job(cfg)
         _check_layout(cfg, plan, p)
-        problem = fit_problem(cfg, estimate_memory(cfg))
+        problem = fit_problem(cfg)
         if problem:
             p.add("parallel", f"pp={cfg.parallel.pp} dp_shard={cfg.parallel.dp_shard} tp={cfg.parallel.tp} "
                               f"on {cfg.model.name}", problem)

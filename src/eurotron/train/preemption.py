@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -34,6 +35,7 @@ SIGNAL_ENV = "EUROTRON_SIGNAL"
 
 # Agreed over all ranks with a MAX all-reduce: SIGTERM (end the job) outranks the time-limit warning.
 NONE, WARNING, TERMINATE = 0, 1, 2
+INSIST_AFTER_S = 10.0
 
 
 @dataclass
@@ -41,6 +43,7 @@ class _State:
     installed: bool = False
     received: int = NONE          # set by this process's signal handlers
     received_name: str = ""
+    received_at: float = 0.0
     stopping: int = NONE          # agreed by all ranks, once the trainer stopped for it
     stopped_at: Optional[int] = None
 
@@ -55,12 +58,17 @@ def _warning_signal() -> signal.Signals:
 
 def _handler(signum: int, _frame: Any) -> None:
     kind = TERMINATE if signum == signal.SIGTERM else WARNING
-    if _state.received == kind:  # the same signal twice: the user means it, die the default way
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+    now = time.monotonic()
+    if _state.received == kind:
+        # Slurm and torchrun may both pass on one SIGTERM: a repeat within INSIST_AFTER_S is the same
+        # request; a later one means "now": die the default way.
+        if now - _state.received_at >= INSIST_AFTER_S:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
         return
     _state.received = max(_state.received, kind)
     _state.received_name = signal.Signals(signum).name
+    _state.received_at = now
     print(f"eurotron: {_state.received_name} received; stopping after this step with a checkpoint",
           file=sys.stderr, flush=True)
 
