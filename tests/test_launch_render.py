@@ -3,7 +3,6 @@
 import re
 import shlex
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -90,6 +89,7 @@ def test_lumi_torchrun_pattern_takes_the_whole_node_without_masks(tmp_path):
 
 
 def test_alps_container_engine_with_aws_ofi_nccl_hook_and_a_gpu_per_task(tmp_path):
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     run_dir = tmp_path / "run"
     job = render(system_overrides("alps", "parallel.dp_shard=8"), run_dir)
     bash_syntax_ok(job.script, tmp_path)

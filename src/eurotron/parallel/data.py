@@ -10,8 +10,6 @@ loss scale (dp size / global kept tokens) turns that average back into the globa
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
-
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
@@ -63,6 +61,3 @@ def gradient_sync(part: nn.Module, enabled: bool):
         part.set_requires_gradient_sync(enabled)
     return contextlib.nullcontext()
 
-
-def uses_fsdp(part: Optional[nn.Module]) -> bool:
-    return isinstance(part, FSDPModule)

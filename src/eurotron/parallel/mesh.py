@@ -115,10 +115,6 @@ class ParallelMesh:
             return self.sub("dp_replicate", "dp_shard")
         return self.sub("dp_shard")
 
-    @property
-    def dp_mesh(self) -> Optional[DeviceMesh]:
-        return self.sub(DP_FLAT)
-
     # ----------------------------------------------------------------------------------- groups
     def group(self, name: str) -> Optional[dist.ProcessGroup]:
         return None if self.mesh is None else self.mesh.get_group(name)
@@ -160,11 +156,6 @@ class ParallelMesh:
         if self.mesh is None:
             return (0, 0, 0, 0)
         return tuple(self.mesh.get_coordinate())
-
-    def describe(self) -> str:
-        c = self.cfg
-        return (f"mesh pp={c.pp} x dp_replicate={c.dp_replicate} x dp_shard={c.dp_shard} x tp={c.tp} "
-                f"= {c.world_size} ranks")
 
 
 def build_mesh(par: ParallelConfig, device: torch.device) -> ParallelMesh:

@@ -99,8 +99,9 @@ class ParallelModel:
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         for mb in micro_batches:
             mb = {k: v.to(self.device, non_blocking=True) for k, v in mb.items()}
-            with loss_context(self.tp_enabled), self.compute_context():
-                logits = self.parts[0](mb["input_ids"], mb["position_ids"])
+            with loss_context(self.tp_enabled):
+                with self.compute_context():
+                    logits = self.parts[0](mb["input_ids"], mb["position_ids"])
                 total += local_loss(loss_fn(logits, mb["labels"], mb["loss_mask"])).double()
         return total
 

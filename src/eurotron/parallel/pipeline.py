@@ -238,8 +238,9 @@ class PipelineRunner:
                     continue
                 if stage > 0 and self.owner[stage - 1] != me:
                     h = self._recv(self.owner[stage - 1], device)
-                with loss_context(self.tp_enabled), self.compute_context():
-                    h = self.local_parts[stage](h, mb["position_ids"])
+                with loss_context(self.tp_enabled):
+                    with self.compute_context():
+                        h = self.local_parts[stage](h, mb["position_ids"])
                     if stage == last:
                         total += local_loss(summed_cross_entropy(h, mb["labels"], mb["loss_mask"])).double()
                 if stage < last and self.owner[stage + 1] != me:
