@@ -31,8 +31,18 @@ def run(cfg: DictConfig) -> dict:
 
     preemption.install()  # the time-limit signal of a Slurm job: checkpoint, then requeue or exit
     result = Trainer(train_cfg, resolved_yaml(cfg)).fit()
+    _shut_down_process_group()
     preemption.finish()
     return result
+
+
+def _shut_down_process_group() -> None:
+    """Tear gloo/NCCL down explicitly: left to interpreter exit, their threads can abort the process."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def run_config_file(args: list) -> dict:
