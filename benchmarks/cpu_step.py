@@ -7,6 +7,8 @@ noise hits both alike; the median over rounds is reported. Last line:
 
     python benchmarks/cpu_step.py                 # defaults: 2 threads, 6 rounds of 2 steps each
     python benchmarks/cpu_step.py --no-compile    # eurotron without torch.compile
+    python benchmarks/cpu_step.py --cpu-matmul aten   # eurotron on PyTorch's default (MKL) GEMMs
+    python benchmarks/cpu_step.py --hf-onednn     # transformers' linears on eurotron's oneDNN GEMMs too
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 from eurotron.config import ModelConfig, OptimConfig
 from eurotron.model import build_model
+from eurotron.model.linear import linear, set_cpu_matmul
 from eurotron.train.loss import summed_cross_entropy
 from eurotron.train.optim import build_optimizer
 
@@ -46,7 +49,7 @@ def eurotron_step_fn(compile_model: bool):
     return step
 
 
-def hf_step_fn():
+def hf_step_fn(onednn_linears: bool = False):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -57,6 +60,10 @@ def hf_step_fn():
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     model.train()
+    if onednn_linears:  # kernel-neutral comparison: what is left of the gain without the GEMM kernels
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.forward = lambda x, m=module: linear(x, m.weight)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
 
     def step(input_ids, labels, loss_mask):
@@ -84,8 +91,12 @@ def main() -> None:
     parser.add_argument("--steps-per-round", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--cpu-matmul", choices=("onednn", "aten"), default="onednn",
+                        help="kernels for eurotron's fp32 CPU linears (cluster.cpu_matmul)")
+    parser.add_argument("--hf-onednn", action="store_true", help="give transformers' linears oneDNN GEMMs too")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    set_cpu_matmul(args.cpu_matmul)
 
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, SHAPE["vocab_size"], (BATCH, SEQ + 1), generator=g)
@@ -93,7 +104,7 @@ def main() -> None:
     # transformers shifts labels itself: labels are the inputs.
     hf_batch = (tokens[:, :-1].contiguous(), tokens[:, :-1].contiguous(), None)
 
-    ours, hf = eurotron_step_fn(not args.no_compile), hf_step_fn()
+    ours, hf = eurotron_step_fn(not args.no_compile), hf_step_fn(args.hf_onednn)
     for _ in range(args.warmup):
         ours(*ours_batch)
         hf(*hf_batch)
@@ -103,7 +114,8 @@ def main() -> None:
         rates["hf"].append(timed(hf, hf_batch, args.steps_per_round))
         print(f"round {r}: eurotron {rates['eurotron'][-1]:.1f} tok/s, hf {rates['hf'][-1]:.1f} tok/s", flush=True)
     a, b = statistics.median(rates["eurotron"]), statistics.median(rates["hf"])
-    print(f"threads={args.threads} compile={not args.no_compile} torch={torch.__version__}")
+    print(f"threads={args.threads} compile={not args.no_compile} cpu_matmul={args.cpu_matmul} "
+          f"hf_onednn={args.hf_onednn} torch={torch.__version__}")
     print(f"tokens_per_s eurotron={a:.1f} hf={b:.1f} ratio={a / b:.3f}")
 
 

@@ -11,7 +11,7 @@ from eurotron.compose import compose_train
 from eurotron.config import ConfigError, TrainConfig
 from eurotron.validation import validate_train_config
 
-DEMO = ["experiment=demo"]
+DEMO = ["experiment=demo", "parallel=single"]
 
 
 def test_demo_experiment_composes_and_validates():
@@ -108,7 +108,7 @@ def test_world_size_must_match_mesh():
 
 def test_cli_reports_bad_config_without_traceback(tmp_path, bin_dir):
     result = subprocess.run(
-        [str(bin_dir / "eurotron-train"), "experiment=demo", "model.num_kv_heads=3", f"run_dir={tmp_path}/run"],
+        [str(bin_dir / "eurotron-train"), "experiment=demo", "parallel=single", "model.num_kv_heads=3", f"run_dir={tmp_path}/run"],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2

@@ -304,6 +304,8 @@ class ClusterConfig:
     peak_flops: float = 1.9e11
     gpus_per_node: int = 0
     cpu_threads: int = 0
+    # Kernels for fp32 matmuls on CPU: onednn (2x MKL's speed on AMD EPYC; model/linear.py) | aten.
+    cpu_matmul: str = "onednn"
     # What eurotron-launch needs to know of a Slurm system (configs/cluster/<system>.yaml).
     gpu_model: str = ""
     # Memory of one GPU (one GCD on MI250X), GB; 0: no memory check.

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Iterable, List, Optional
 
 from .config import ConfigError, TrainConfig
+from .model.linear import CPU_MATMUL_BACKENDS, onednn_available
 
 MODEL_FAMILIES = ("llama", "mistral", "apertus")
 MLP_KINDS = ("swiglu", "xielu")
@@ -273,6 +274,9 @@ def _check_run(cfg: TrainConfig, p: _Problems) -> None:
     p.choice("cluster.backend", cfg.cluster.backend, BACKENDS)
     p.positive("cluster.peak_flops", cfg.cluster.peak_flops)
     p.positive("cluster.cpu_threads", cfg.cluster.cpu_threads, allow_zero=True)
+    p.choice("cluster.cpu_matmul", cfg.cluster.cpu_matmul, CPU_MATMUL_BACKENDS)
+    if cfg.cluster.cpu_matmul == "onednn" and not onednn_available():
+        p.add("cluster.cpu_matmul", "onednn", "this PyTorch build has no oneDNN; use cluster.cpu_matmul=aten")
     g = cfg.generate
     p.choice("generate.strategy", g.strategy, GENERATION_STRATEGIES)
     p.positive("generate.max_new_tokens", g.max_new_tokens)

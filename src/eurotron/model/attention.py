@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import Linear
 from .norms import RMSNorm
 from .rope import apply_rope
 
@@ -53,10 +54,10 @@ class Attention(nn.Module):
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}")
         self.head_dim = head_dim
-        self.wq = nn.Linear(dim, num_heads * head_dim, bias=False)
-        self.wk = nn.Linear(dim, num_kv_heads * head_dim, bias=False)
-        self.wv = nn.Linear(dim, num_kv_heads * head_dim, bias=False)
-        self.wo = nn.Linear(num_heads * head_dim, dim, bias=False)
+        self.wq = Linear(dim, num_heads * head_dim, bias=False)
+        self.wk = Linear(dim, num_kv_heads * head_dim, bias=False)
+        self.wv = Linear(dim, num_kv_heads * head_dim, bias=False)
+        self.wo = Linear(num_heads * head_dim, dim, bias=False)
         self.q_norm = RMSNorm(head_dim, norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(head_dim, norm_eps) if qk_norm else None
 

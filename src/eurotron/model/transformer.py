@@ -5,7 +5,7 @@ FSDP2 wrapping (all applied later by ``eurotron.parallel``) address stable FQNs:
 
     tok_embeddings                               nn.Embedding [vocab, dim]
     layers.<i>.attention_norm                    RMSNorm
-    layers.<i>.attention.{wq,wk,wv,wo}           nn.Linear, no bias
+    layers.<i>.attention.{wq,wk,wv,wo}           nn.Linear (oneDNN on CPU, model/linear.py), no bias
     layers.<i>.attention.{q_norm,k_norm}         RMSNorm over head_dim (only with qk_norm, Apertus)
     layers.<i>.ffn_norm                          RMSNorm
     layers.<i>.feed_forward.{w1,w2,w3}           swiglu: w2(silu(w1 x) * w3 x)
@@ -30,6 +30,7 @@ from torch import nn
 from ..config import ModelConfig
 from .activations import XIELU
 from .attention import Attention, document_causal_mask
+from .linear import Linear
 from .norms import RMSNorm
 from .rope import rope_cos_sin, rope_table
 
@@ -42,10 +43,10 @@ class FeedForward(nn.Module):
         if kind not in ("swiglu", "xielu"):
             raise ValueError(f"unknown mlp {kind!r}; expected 'swiglu' or 'xielu'")
         self.kind = kind
-        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
-        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.w1 = Linear(dim, hidden_dim, bias=False)
+        self.w2 = Linear(hidden_dim, dim, bias=False)
         if kind == "swiglu":
-            self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+            self.w3 = Linear(dim, hidden_dim, bias=False)
         else:
             self.act = XIELU()
 
@@ -90,7 +91,7 @@ class Transformer(nn.Module):
         self.tok_embeddings: Optional[nn.Embedding] = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleDict({str(i): TransformerBlock(cfg, i) for i in range(cfg.num_layers)})
         self.norm: Optional[RMSNorm] = RMSNorm(cfg.hidden_size, cfg.norm_eps)
-        self.output: Optional[nn.Linear] = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.output: Optional[nn.Linear] = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         # cos|sin table; not persistent: it is recomputed from the config, never checkpointed.
