@@ -75,6 +75,7 @@ SEMANTIC_ERRORS = [
     (["model.mlp=geglu"], "model.mlp='geglu'", "one of"),
     (["model.rope_scaling.type=yarn"], "model.rope_scaling.type='yarn'", "one of"),
     (["data.path="], "data.path", "eurotron-prepare"),
+    (["cluster.cpu_matmul=mkl"], "cluster.cpu_matmul='mkl'", "one of"),
 ]
 
 

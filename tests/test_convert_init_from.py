@@ -38,7 +38,7 @@ def imported(tmp_path_factory):
 def _overrides(dataset: Path, run: Path, imported_result, *extra: str):
     configs = (imported_result.ckpt_dir / "configs").resolve()
     return [
-        "experiment=demo", f"hydra.searchpath=[file://{configs}]", f"model={imported_result.model_name}",
+        "experiment=demo", "parallel=single", f"hydra.searchpath=[file://{configs}]", f"model={imported_result.model_name}",
         f"data.path={dataset}", f"run_dir={run}", "data.seq_len=32", "data.global_batch_size=2",
         "data.micro_batch_size=2", "train.steps=1", "scheduler.warmup_steps=0", f"optim.lr={LR}", "eval.every=0",
         "checkpoint.every=1", "logging.plot_loss_curve=false", *extra,

@@ -36,7 +36,7 @@ VARIANTS = {
 
 
 def _overrides(data: Path, run_dir: Path, variant: str, *extra: str):
-    return ["experiment=demo", f"data.path={data}", f"run_dir={run_dir}", "data.seq_len=32",
+    return ["experiment=demo", "parallel=single", f"data.path={data}", f"run_dir={run_dir}", "data.seq_len=32",
             "data.global_batch_size=8", "data.micro_batch_size=1", "logging.console=false",
             "logging.plot_loss_curve=false", *MODEL, *VARIANTS[variant], *extra]
 

@@ -107,7 +107,7 @@ def test_blend_config_is_validated():
     from eurotron.config import ConfigError
     from eurotron.validation import validate_train_config
 
-    cfg, _ = compose_train(["experiment=demo"])
+    cfg, _ = compose_train(["experiment=demo", "parallel=single"])
     cfg.data.blend = [BlendSourceConfig("data/de", 0.7), BlendSourceConfig("data/de", 0.3),
                       BlendSourceConfig("data/fr", 0.0)]
     with pytest.raises(ConfigError) as info:
@@ -115,7 +115,7 @@ def test_blend_config_is_validated():
     assert "data.blend[1].path='data/de': appears twice" in str(info.value)
     assert "data.blend[2].weight=0.0" in str(info.value)
     assert "eurotron-train does not read blends yet" in str(info.value)  # never silently ignored
-    cfg, _ = compose_train(["experiment=demo", "data.blend=[{path: data/de, weight: 2}]"])
+    cfg, _ = compose_train(["experiment=demo", "parallel=single", "data.blend=[{path: data/de, weight: 2}]"])
     assert cfg.data.blend[0].path == "data/de" and cfg.data.blend[0].weight == 2.0
 
 

@@ -391,7 +391,7 @@ def _train(demo_data: Path, run_dir: Path, *extra: str):
     from eurotron.validation import validate_train_config
 
     cfg, yaml_text = compose_train([
-        "experiment=demo", f"data.path={demo_data}", f"run_dir={run_dir}", "data.seq_len=64",
+        "experiment=demo", "parallel=single", f"data.path={demo_data}", f"run_dir={run_dir}", "data.seq_len=64",
         "data.global_batch_size=4", "data.micro_batch_size=2", "train.steps=4", "scheduler.warmup_steps=1",
         "checkpoint.every=0", "eval.every=0", "logging.plot_loss_curve=false", "logging.console=false",
         *SMALL_MODEL, *extra,
@@ -534,7 +534,7 @@ PARALLEL_MODEL = ["model.vocab_size=512", "model.hidden_size=64", "model.num_lay
 
 
 def _parallel_overrides(data: Path, run_dir: Path, *layout: str):
-    return ["experiment=demo", f"data.path={data}", f"run_dir={run_dir}", "data.seq_len=64",
+    return ["experiment=demo", "parallel=single", f"data.path={data}", f"run_dir={run_dir}", "data.seq_len=64",
             "data.global_batch_size=8", "data.micro_batch_size=1", "train.steps=5", "scheduler.warmup_steps=1",
             "optim.lr=3e-3", "checkpoint.every=0", "eval.every=0", "logging.plot_loss_curve=false",
             "logging.console=false", "loss=goldfish", "loss.k=4", "loss.h=13", *PARALLEL_MODEL, *layout]

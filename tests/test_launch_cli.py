@@ -24,7 +24,7 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def base_args(dataset: Path, run_dir: Path, *extra: str):
-    return ["cluster=local", "experiment=demo", f"data.path={dataset}", f"run_dir={run_dir}", *FAST, *extra]
+    return ["cluster=local", "experiment=demo", "parallel=single", f"data.path={dataset}", f"run_dir={run_dir}", *FAST, *extra]
 
 
 def test_dry_run_prints_the_script_and_writes_nothing(dataset, tmp_path):

@@ -20,7 +20,7 @@ from eurotron.train.metrics import read_metrics
 
 from launch_support import SMALL_MODEL, make_fake_slurm, prepare_dataset, read_args
 
-FAST = ["experiment=demo", "scheduler.warmup_steps=1", "eval.every=0", "logging.plot_loss_curve=false",
+FAST = ["experiment=demo", "parallel=single", "scheduler.warmup_steps=1", "eval.every=0", "logging.plot_loss_curve=false",
         "data.seq_len=64", "data.global_batch_size=4", "data.micro_batch_size=2", *SMALL_MODEL]
 
 

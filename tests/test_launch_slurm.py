@@ -26,7 +26,8 @@ BIN = Path(sys.executable).parent
 TRAIN = ["cluster=local", "experiment=demo", "scheduler.warmup_steps=2", "eval.every=0",
          "logging.plot_loss_curve=false", "data.seq_len=64", "data.global_batch_size=4", "data.micro_batch_size=2",
          *SMALL_MODEL]
-FOUR_RANKS = ["parallel=tp2_pp2", "train.steps=20", "checkpoint.every=10"]
+# No parallel override: experiment=demo itself asks for TP2 x PP2 (the literal README command).
+FOUR_RANKS = ["train.steps=20", "checkpoint.every=10"]
 DONE_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
                "BOOT_FAIL", "DEADLINE"}
 
@@ -136,7 +137,7 @@ def test_preempted_job_checkpoints_requeues_and_ends_with_the_same_loss(slurm, d
 def test_sweep_of_two_points_runs_both_jobs(slurm, dataset, tmp_path):
     sweep_dir = tmp_path / "sweep"
     done = launch_cli(["-m", *TRAIN, f"data.path={dataset}", "name=lr_sweep", f"hydra.sweep.dir={sweep_dir}",
-                       "cluster.launcher.pattern=torchrun", "parallel.dp_shard=2", "train.steps=3",
+                       "cluster.launcher.pattern=torchrun", "parallel=single", "parallel.dp_shard=2", "train.steps=3",
                        "checkpoint.every=0", "optim.lr=1e-3,3e-3"], slurm, tmp_path)
     assert done.returncode == 0, done.stderr
     summary = json.loads((sweep_dir / "sweep.json").read_text())
@@ -157,7 +158,7 @@ def test_sweep_of_two_points_runs_both_jobs(slurm, dataset, tmp_path):
 
 def test_chain_of_two_jobs_continues_from_the_checkpoint(slurm, dataset, tmp_path):
     run_dir = tmp_path / "chain"
-    done = launch_cli([*TRAIN, f"data.path={dataset}", f"run_dir={run_dir}", "train.steps=4", "train.stop_after=2",
+    done = launch_cli([*TRAIN, f"data.path={dataset}", f"run_dir={run_dir}", "parallel=single", "train.steps=4", "train.stop_after=2",
                        "checkpoint.every=0", "launch.chain=2"], slurm, tmp_path)
     assert done.returncode == 0, done.stderr
     first, second = submitted_ids(done.stdout)

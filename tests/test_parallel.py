@@ -141,7 +141,7 @@ def test_two_tasks_launched_the_srun_way_train_together(small_data, tmp_path, bi
 
 # ------------------------------------------------------------------------------ layout validation
 def _cfg(*overrides: str):
-    cfg, _ = compose_train(["experiment=demo", "data.path=/nonexistent", *overrides])
+    cfg, _ = compose_train(["experiment=demo", "parallel=single", "data.path=/nonexistent", *overrides])
     return cfg
 
 
@@ -181,7 +181,7 @@ def test_a_bad_layout_stops_before_any_process_group_starts(tmp_path, bin_dir):
     env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": "29999"}
     started = time.time()
-    result = subprocess.run([str(bin_dir / "eurotron-train"), "experiment=demo", "parallel.tp=4",
+    result = subprocess.run([str(bin_dir / "eurotron-train"), "experiment=demo", "parallel=single", "parallel.tp=4",
                              f"run_dir={tmp_path}/run"], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert "parallel.tp=4" in result.stderr and "launched" in result.stderr
@@ -212,7 +212,7 @@ def small_data(tmp_path_factory) -> Path:
 
 
 def _train(data: Path, run_dir: Path, *extra: str):
-    cfg, text = compose_train(["experiment=demo", f"data.path={data}", f"run_dir={run_dir}", *SMALL, *extra])
+    cfg, text = compose_train(["experiment=demo", "parallel=single", f"data.path={data}", f"run_dir={run_dir}", *SMALL, *extra])
     validate_train_config(cfg, world_size=1)
     trainer = Trainer(cfg, text)
     trainer.fit()

@@ -51,7 +51,7 @@ VARIANTS = {
 
 
 def overrides(data: Path, run_dir: Path, variant: str, *layout: str) -> List[str]:
-    return ["experiment=demo", f"data.path={data}", f"run_dir={run_dir}", "data.seq_len=32",
+    return ["experiment=demo", "parallel=single", f"data.path={data}", f"run_dir={run_dir}", "data.seq_len=32",
             "data.global_batch_size=8", "data.micro_batch_size=1", "train.steps=6", "scheduler.warmup_steps=2",
             "optim.lr=3e-3", "checkpoint.every=3", "checkpoint.keep_last=2", "eval.every=3", "eval.batches=1",
             "logging.plot_loss_curve=false", "logging.console=false", *MODEL, *VARIANTS[variant], *layout]

@@ -33,7 +33,7 @@ def dataset(tmp_path_factory) -> Path:
 
 def train_overrides(dataset: Path, run_dir: Path, *extra: str):
     return [
-        "experiment=demo", f"data.path={dataset}", f"run_dir={run_dir}", "data.seq_len=64",
+        "experiment=demo", "parallel=single", f"data.path={dataset}", f"run_dir={run_dir}", "data.seq_len=64",
         "data.global_batch_size=4", "data.micro_batch_size=2", "train.steps=8", "scheduler.warmup_steps=2",
         "checkpoint.every=4", "eval.every=4", "eval.batches=1", "logging.plot_loss_curve=false", *SMALL_MODEL,
         *extra,

@@ -300,7 +300,9 @@ def validate_train_config(cfg: TrainConfig, world_size: Optional[int] = None) ->
         par = cfg.parallel
         p.add("parallel", f"pp={par.pp} dp_replicate={par.dp_replicate} dp_shard={par.dp_shard} tp={par.tp}",
               f"the mesh needs pp*dp_replicate*dp_shard*tp={par.world_size} processes but {world_size} were "
-              f"launched; change the layout or launch {par.world_size} processes")
+              f"launched; launch {par.world_size} processes (torchrun --nproc-per-node={par.world_size} "
+              f"--no-python eurotron-train ..., or eurotron-launch) or pick a layout for {world_size}"
+              + (" (parallel=single)" if world_size == 1 else ""))
     p.raise_if_any()
 
 

@@ -1,7 +1,7 @@
 """eurotron-launch: compose a training config, check it against a Slurm system, write the run
 directory (resolved config + job script) and submit it; the job trains that saved config as is.
 
-  eurotron-launch cluster=local experiment=demo parallel=tp2_pp2          # this machine's Slurm
+  eurotron-launch cluster=local experiment=demo                           # this machine's Slurm, 4 ranks
   eurotron-launch experiment=lumi_llama3_8b cluster.slurm.account=project_465000000 \\
       data.path=/flash/project_465000000/tokens launch.dry_run=true       # print the script only
   eurotron-launch experiment=alps_apertus_70b launch.chain=4 ...          # 4 jobs, afterany-chained

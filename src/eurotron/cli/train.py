@@ -1,6 +1,7 @@
 """eurotron-train: compose the Hydra config, validate it, train.
 
-  eurotron-train experiment=demo
+  torchrun --standalone --nproc-per-node=4 --no-python eurotron-train experiment=demo   # TP2 x PP2
+  eurotron-train experiment=demo parallel=single
   eurotron-train model=llama3_8b data=custom data.path=/scratch/p/tokens train.steps=10000
   eurotron-train --multirun optim.lr=1e-4,3e-4 name=lr_sweep   # a sweep
   eurotron-train --config-file runs/x/config.yaml              # a saved, resolved config as is (Slurm jobs)
