@@ -114,7 +114,6 @@ def test_blend_config_is_validated():
         validate_train_config(cfg)
     assert "data.blend[1].path='data/de': appears twice" in str(info.value)
     assert "data.blend[2].weight=0.0" in str(info.value)
-    assert "eurotron-train does not read blends yet" in str(info.value)  # never silently ignored
     cfg, _ = compose_train(["experiment=demo", "parallel=single", "data.blend=[{path: data/de, weight: 2}]"])
     assert cfg.data.blend[0].path == "data/de" and cfg.data.blend[0].weight == 2.0
 
@@ -123,3 +122,73 @@ def torch_cat(micro_batches):
     import torch
 
     return torch.cat([torch.cat([mb["input_ids"], mb["labels"][:, -1:]], dim=1) for mb in micro_batches]).numpy()
+
+
+# ------------------------------------------------------------------------------------ in the trainer
+@pytest.fixture(scope="module")
+def prepared_pair(tmp_path_factory):
+    """The demo corpus prepared by eurotron-prepare, and a second source with the same tokenizer whose
+    documents are runs of one marker token (so a training sample says which source it came from)."""
+    import json
+    import shutil
+
+    from eurotron.compose import compose_prepare
+    from eurotron.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("blend_train")
+    demo = root / "demo"
+    prepare(compose_prepare([f"output_dir={demo}", "tokenizer.vocab_size=512"]))
+    manifest = json.loads((demo / "manifest.json").read_text())
+    tokenizer = manifest["tokenizer"]
+    marked = make_source(root / "marked", MARKER, n_docs=300, sha=tokenizer["sha256"])
+    saved = json.loads((marked / "manifest.json").read_text())
+    saved["tokenizer"] = tokenizer
+    write_manifest(marked, saved)
+    shutil.copytree(demo / "tokenizer", marked / "tokenizer")
+    return demo, marked
+
+
+MARKER = 7
+TRAIN_SMALL = ["parallel=single", "model.vocab_size=512", "model.hidden_size=64", "model.num_layers=2",
+               "model.num_heads=4", "model.num_kv_heads=2", "model.ffn_hidden_size=176", "model.max_seq_len=64",
+               "data.seq_len=32", "data.global_batch_size=8", "data.micro_batch_size=4", "scheduler.warmup_steps=1",
+               "eval.every=2", "eval.batches=1", "checkpoint.every=2", "logging.plot_loss_curve=false",
+               "logging.console=false"]
+
+
+def _blend_trainer(demo, marked, run_dir, *extra):
+    from eurotron.compose import compose_train
+    from eurotron.train.trainer import Trainer
+    from eurotron.validation import validate_train_config
+
+    cfg, text = compose_train(["experiment=demo", f"data.path={demo}", f"run_dir={run_dir}", *TRAIN_SMALL,
+                               f"data.blend=[{{path: '{demo}', weight: 3}}, {{path: '{marked}', weight: 1}}]",
+                               *extra])
+    validate_train_config(cfg, world_size=1)
+    return Trainer(cfg, text)
+
+
+def test_trainer_trains_on_the_blend_and_resumes_it_exactly(prepared_pair, tmp_path):
+    from eurotron.train.metrics import read_metrics
+
+    demo, marked = prepared_pair
+    probe = _blend_trainer(demo, marked, tmp_path / "probe", "train.steps=4")
+    assert isinstance(probe.dataset, BlendedDataset)
+    rows = np.concatenate([torch_cat(probe.loader.next_step()) for _ in range(4)])
+    from_marked = [bool(np.mean(row == MARKER) > 0.5) for row in rows]
+    assert sum(from_marked) == len(rows) // 4  # weights 3:1: every prefix of N samples has floor(N/4) marked
+    assert probe.eval_dataset is not None and probe.eval_dataset.path == demo  # eval: data.path's split
+
+    whole = tmp_path / "whole"
+    _blend_trainer(demo, marked, whole, "train.steps=4").fit()
+    split = tmp_path / "split"
+    _blend_trainer(demo, marked, split, "train.steps=4", "train.stop_after=2").fit()
+    _blend_trainer(demo, marked, split, "train.steps=4").fit()
+    losses = lambda run: [(r["step"], r["loss"]) for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
+    assert [s for s, _ in losses(whole)] == [1, 2, 3, 4]
+    assert losses(split) == losses(whole)  # bitwise: the blend position is part of the checkpoint
+
+    plain = _blend_trainer(demo, marked, tmp_path / "plain", "train.steps=4", "data.blend=[]")
+    assert isinstance(plain.dataset, TokenDataset)
+    plain_rows = np.concatenate([torch_cat(plain.loader.next_step()) for _ in range(4)])
+    assert not any(np.mean(row == MARKER) > 0.5 for row in plain_rows)

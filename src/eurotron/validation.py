@@ -32,8 +32,6 @@ BACKENDS = ("auto", "gloo", "nccl")
 RESUME_MODES = ("auto", "never")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 GENERATION_STRATEGIES = ("greedy", "top_p")
-# Set to True once train/trainer.py opens its dataset with eurotron.data.blend.open_train_dataset.
-BLEND_IN_TRAINER = False
 
 
 class _Problems:
@@ -218,10 +216,6 @@ def _check_blend(blend, p: _Problems) -> None:
         seen.add(source.path)
         if not (source.weight > 0 and source.weight != float("inf")):
             p.add(f"data.blend[{i}].weight", source.weight, "must be a positive, finite number (a relative share)")
-    if blend and not BLEND_IN_TRAINER:
-        p.add("data.blend", f"{len(blend)} sources",
-              "eurotron-train does not read blends yet (eurotron.data.blend.open_train_dataset is ready; the "
-              "trainer still opens data.path alone); train on one prepared dataset for now")
 
 
 def _check_loss_optim_schedule(cfg: TrainConfig, p: _Problems) -> None:

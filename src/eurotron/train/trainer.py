@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import ConfigError, TrainConfig
+from ..data.blend import open_train_dataset
 from ..data.goldfish import build_batch_transform, dropped_fraction_record
 from ..data.loader import BatchLoader, TokenDataset
 from ..model import build_model, count_parameters, model_flops_per_token
@@ -59,7 +60,8 @@ class Trainer:
         # Data-parallel coordinates; a single process is DP rank 0 of 1.
         self.dp_rank, self.dp_size, self.dp_group = self.pmesh.dp_rank, self.pmesh.dp_size, self.pmesh.dp_group
 
-        self.dataset = TokenDataset(cfg.data.path, "train")
+        # data.path alone, or the weighted blend of data.blend (eval split and tokenizer: data.path's).
+        self.dataset = open_train_dataset(cfg.data, "train")
         self._check_vocab()
         torch.manual_seed(cfg.train.seed)
         # This rank's parts of the model: one, or one per local pipeline stage; one optimizer each.
@@ -98,7 +100,7 @@ class Trainer:
             )
 
     def _open_eval_split(self) -> Optional[TokenDataset]:
-        if self.cfg.eval.every == 0 or not self.dataset.has_split("eval"):
+        if self.cfg.eval.every == 0 or not TokenDataset(self.cfg.data.path, "train").has_split("eval"):
             return None
         return TokenDataset(self.cfg.data.path, "eval")
 
