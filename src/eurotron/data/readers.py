@@ -20,6 +20,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import orjson
+
 from ..config import SourceConfig
 from ..paths import DEMO_CORPUS
 from .errors import DataError
@@ -68,6 +70,14 @@ class BadRecord(DataError):
 def parse_record(raw: Any, field: str, where: str) -> Document:
     """A raw record (a JSONL line's bytes, or a row dict) as a document; raises BadRecord."""
     if isinstance(raw, (bytes, bytearray)):
+        try:
+            # The fast path; anything orjson refuses (also what json accepts: NaN, huge integers,
+            # lone surrogates) goes the slow way, which classifies the error or accepts the line.
+            fast = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            fast = None
+        if isinstance(fast, dict):
+            return _document(fast, field, where)
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as err:

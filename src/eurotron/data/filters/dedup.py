@@ -13,8 +13,8 @@ result does not depend on the number of workers.
   Documents shorter than n words are one shingle; documents without words have no band keys.
 
 Shingles are hashed for a whole batch at once: a polynomial rolling hash over the bytes of the
-words (mod 2^32), so no Python code runs per shingle. The MinHash permutations are
-``(a * x + b) mod 2^32`` over 32-bit shingle hashes, evaluated in chunks of shingles.
+words (mod 2^32), so no Python code runs per shingle. The signature is a one-permutation MinHash
+with optimal densification (one hash per shingle instead of ``num_perm``; see `signatures`).
 
 Memory of the index: 8 bytes x (1 + bands) per kept document, held as sorted numpy runs that are
 merged as they grow (a log-structured set): 1M documents with 9 bands take 80 MB.
@@ -34,8 +34,8 @@ from ..errors import DataError
 
 _P32 = np.uint32(0x01000193)  # FNV-1 32-bit prime: odd, so invertible mod 2^32
 _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-# Shingles per MinHash chunk: chunk x num_perm uint32 values at once (8192 x 128 x 4 B = 4 MB).
-_CHUNK_SHINGLES = 8192
+# Densification probes per bin before falling back to a scan (only texts with few shingles get there).
+_PROBES = 24
 
 
 # Bytes that belong to words: ASCII letters and digits, and every byte of a non-ASCII character.
@@ -149,8 +149,9 @@ class MinHasher:
         self.shingle_words = shingle_words
         self.bands, self.rows = lsh_parameters(threshold, num_perm)
         rng = np.random.default_rng([seed, num_perm])
-        self.a = (rng.integers(0, 2**32, num_perm, dtype=np.uint64) | np.uint64(1)).astype(np.uint32)
-        self.b = rng.integers(0, 2**32, num_perm, dtype=np.uint64).astype(np.uint32)
+        self.seed32 = np.uint32(rng.integers(0, 2**32, dtype=np.uint64))
+        # Densification: empty bin j looks at bins probes[j, 0], probes[j, 1], ... (never itself).
+        self.probes = (np.arange(num_perm)[:, None] + rng.integers(1, num_perm, (num_perm, _PROBES))) % num_perm
         self.band_salt = _mix(np.arange(1, self.bands + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
         self._powers = np.ones(1, dtype=np.uint32)
         self._inverse_powers = np.ones(1, dtype=np.uint32)
@@ -193,22 +194,50 @@ class MinHasher:
 
     # ------------------------------------------------------------------------------------- minhash
     def signatures(self, hashes: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """uint32 [texts with shingles, num_perm]: per permutation, the minimum over the shingles."""
+        """uint32 [texts with shingles, num_perm]: one-permutation MinHash with optimal densification.
+
+        One hash per shingle (a seeded mix of its 32-bit hash) picks one of ``num_perm`` bins by its
+        high bits; each bin keeps the minimum it saw (Li, Owen & Zhang 2012). An empty bin takes the
+        value of the first non-empty bin along its own fixed probe sequence (Shrivastava 2017), which
+        depends only on the bin, so two texts agree in a bin with probability equal to their Jaccard
+        similarity, as with ``num_perm`` independent permutations, at the cost of one.
+        """
         owners = np.flatnonzero(counts)
-        out = np.empty((len(owners), self.num_perm), dtype=np.uint32)
-        bounds = np.concatenate(([0], np.cumsum(counts[owners])))
-        a, b = self.a[:, None], self.b[:, None]
-        row = 0
-        while row < len(owners):
-            # As many texts as fit in one chunk of shingles (at least one).
-            last = int(np.searchsorted(bounds, bounds[row] + _CHUNK_SHINGLES, side="right")) - 1
-            last = min(max(last, row + 1), len(owners))
-            lo, hi = bounds[row], bounds[last]
-            values = a * hashes[None, lo:hi]
-            values += b
-            out[row:last] = np.minimum.reduceat(values, bounds[row:last] - lo, axis=1).T
-            row = last
-        return out
+        n, bins = len(owners), self.num_perm
+        if n == 0:
+            return np.zeros((0, bins), dtype=np.uint32)
+        row = np.repeat(np.arange(n, dtype=np.int64), counts[owners])
+        with np.errstate(over="ignore"):
+            mixed = _mix32(hashes ^ self.seed32)
+        where = row * bins + ((mixed.astype(np.uint64) * np.uint64(bins)) >> np.uint64(32)).astype(np.int64)
+        sig = np.full(n * bins, np.iinfo(np.uint32).max, dtype=np.uint32)
+        np.minimum.at(sig, where, mixed)
+        filled = np.zeros(n * bins, dtype=bool)
+        filled[where] = True
+        empty = np.flatnonzero(~filled)
+        if len(empty):
+            sig[empty] = sig[self._donors(empty, filled, bins)]
+        return sig.reshape(n, bins)
+
+    def _donors(self, empty: np.ndarray, filled: np.ndarray, bins: int) -> np.ndarray:
+        """For each empty flat position, the flat position of the bin it copies."""
+        donor = np.full(len(empty), -1, dtype=np.int64)
+        base, col = empty - empty % bins, empty % bins
+        pending = np.arange(len(empty))
+        for attempt in range(self.probes.shape[1]):
+            candidate = base[pending] + self.probes[col[pending], attempt]
+            hit = filled[candidate]
+            donor[pending[hit]] = candidate[hit]
+            pending = pending[~hit]
+            if not len(pending):
+                return donor
+        # Texts with very few shingles: the next non-empty bin to the right, circularly (a function
+        # of the bin and the text's set of filled bins, like the probes).
+        for i in pending:
+            row_filled = np.flatnonzero(filled[base[i]:base[i] + bins])
+            after = row_filled[row_filled > col[i]]
+            donor[i] = base[i] + (after[0] if len(after) else row_filled[0])
+        return donor
 
     def band_keys(self, texts: Sequence[str], batch: Optional[WordBatch] = None) -> Tuple[np.ndarray, np.ndarray]:
         """uint64 [n, bands] band keys (rows of zeros for texts without words) and a has-words mask."""
