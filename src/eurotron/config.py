@@ -475,6 +475,7 @@ class DedupConfig:
     # Near: MinHash-LSH over word n-grams; pairs above `threshold` (estimated Jaccard) collide.
     near: bool = True
     threshold: float = 0.8
+    # Signature length (one-permutation MinHash bins); LSH bands x rows are chosen from it.
     num_perm: int = 128
     shingle_words: int = 5
 
