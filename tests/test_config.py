@@ -76,6 +76,7 @@ SEMANTIC_ERRORS = [
     (["model.rope_scaling.type=yarn"], "model.rope_scaling.type='yarn'", "one of"),
     (["data.path="], "data.path", "eurotron-prepare"),
     (["cluster.cpu_matmul=mkl"], "cluster.cpu_matmul='mkl'", "one of"),
+    (["cluster.collective_timeout_minutes=0"], "cluster.collective_timeout_minutes=0", "positive"),
 ]
 
 

@@ -18,9 +18,9 @@ from eurotron.compose import compose_prepare, compose_train
 from eurotron.config import ConfigError, ModelConfig, ParallelConfig
 from eurotron.data.prepare import prepare
 from eurotron.model import build_model, count_parameters
-from eurotron.parallel.env import process_env
+from eurotron.parallel.env import ProcessEnv, process_env
 from eurotron.parallel.layout import format_layout
-from eurotron.parallel.mesh import expand_nodelist, rendezvous_env
+from eurotron.parallel.mesh import expand_nodelist, init_distributed, rendezvous_env
 from eurotron.parallel.pipeline import build_stage, stage_layer_counts, stage_layer_ranges, stage_to_rank, stages_of_rank
 from eurotron.train.checkpoint import _rename_tied
 from eurotron.train.metrics import read_metrics
@@ -281,3 +281,16 @@ def test_scale_check_on_a_fake_process_group(model, preset, world):
     assert report.max_params_per_rank < 1.25 * report.total_params / world
     # Weights + grads + AdamW + gathered FSDP blocks + activations (8k tokens) fit a 64 GB GPU.
     assert 0 < report.activations < report.max_bytes_per_rank() < 64 * GiB
+
+
+def test_collective_timeout_reaches_the_process_group(monkeypatch):
+    import datetime
+
+    seen = {}
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29555")
+    cfg = _cfg("cluster.collective_timeout_minutes=90")
+    assert init_distributed(ProcessEnv(0, 0, 2), torch.device("cpu"), "gloo", cfg.cluster.collective_timeout_minutes)
+    assert seen["timeout"] == datetime.timedelta(minutes=90) and seen["backend"] == "gloo"

@@ -300,6 +300,9 @@ class ClusterConfig:
     device: str = "auto"
     # auto picks nccl on GPUs (RCCL on ROCm) and gloo on CPU.
     backend: str = "auto"
+    # How long a collective may wait before the process group gives up with an error (a hung rank,
+    # a node lost): raise it for slow first steps on big jobs (e.g. compile, checkpoint loads).
+    collective_timeout_minutes: float = 30.0
     # Peak dense bf16 FLOP/s of one accelerator (fp32 on CPU), for MFU.
     peak_flops: float = 1.9e11
     gpus_per_node: int = 0

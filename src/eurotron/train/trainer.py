@@ -55,7 +55,7 @@ class Trainer:
                 f"parallel: the layout needs pp*dp_replicate*dp_shard*tp={cfg.parallel.world_size} processes "
                 f"but {self.env.world_size} were launched; change the layout or the launch"
             )
-        init_distributed(self.env, self.device, cfg.cluster.backend)
+        init_distributed(self.env, self.device, cfg.cluster.backend, cfg.cluster.collective_timeout_minutes)
         self.pmesh = build_mesh(cfg.parallel, self.device)
         # Data-parallel coordinates; a single process is DP rank 0 of 1.
         self.dp_rank, self.dp_size, self.dp_group = self.pmesh.dp_rank, self.pmesh.dp_size, self.pmesh.dp_group
