@@ -11,6 +11,9 @@ DEMO_RUN ?= runs/demo
 # `make demo DEMO_LAYOUT=single DEMO_NPROC=1` trains in one process instead.
 DEMO_LAYOUT ?= tp2_pp2
 DEMO_NPROC ?= 4
+# Greedy text from a 7M-parameter model repeats itself; both generators apply the same penalty.
+DEMO_REPETITION_PENALTY ?= 1.3
+DEMO_PROMPTS := --prompt "Die Bibliothek" --prompt "La ville" --prompt "The railway"
 
 .PHONY: demo test install clean
 
@@ -28,9 +31,9 @@ demo: $(STAMP)
 	rm -rf $(DEMO_RUN)
 	OMP_NUM_THREADS=1 $(BIN)/torchrun --standalone --nproc-per-node=$(DEMO_NPROC) --no-python \
 		$(BIN)/eurotron-train experiment=demo parallel=$(DEMO_LAYOUT) run_dir=$(DEMO_RUN)
-	$(BIN)/eurotron-generate $(DEMO_RUN) --prompt "Die Bibliothek" --prompt "La ville" --prompt "The railway"
+	$(BIN)/eurotron-generate $(DEMO_RUN) $(DEMO_PROMPTS) --repetition-penalty $(DEMO_REPETITION_PENALTY)
 	$(BIN)/eurotron-convert to-hf $(DEMO_RUN) $(DEMO_RUN)/hf
-	$(BIN)/python scripts/hf_generate.py $(DEMO_RUN)/hf --prompt "Die Bibliothek" --prompt "La ville" --prompt "The railway"
+	$(BIN)/python scripts/hf_generate.py $(DEMO_RUN)/hf $(DEMO_PROMPTS) --repetition-penalty $(DEMO_REPETITION_PENALTY)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -20,6 +20,7 @@ def main(argv=None) -> None:
     p.add_argument("model_dir", help="a directory written by eurotron-convert to-hf (or any HF causal LM)")
     p.add_argument("--prompt", action="append", help="prompt text (repeat for several)")
     p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
     args = p.parse_args(argv)
 
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
@@ -29,7 +30,7 @@ def main(argv=None) -> None:
         ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
         with torch.no_grad():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
-                                 do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+                                 do_sample=False, repetition_penalty=args.repetition_penalty, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
         print(f"[hf] {tokenizer.decode(out[0], skip_special_tokens=True)}", flush=True)
 
 

@@ -72,6 +72,7 @@ SEMANTIC_ERRORS = [
     (["train.precision=fp8"], "train.precision='fp8'", "one of"),
     (["checkpoint.keep_last=0"], "checkpoint.keep_last=0", "positive"),
     (["generate.top_p=0"], "generate.top_p=0", "(0, 1]"),
+    (["generate.repetition_penalty=0"], "generate.repetition_penalty=0", "positive"),
     (["model.mlp=geglu"], "model.mlp='geglu'", "one of"),
     (["model.rope_scaling.type=yarn"], "model.rope_scaling.type='yarn'", "one of"),
     (["data.path="], "data.path", "eurotron-prepare"),

@@ -43,9 +43,10 @@ def _prompt(seed: int = 0) -> torch.Tensor:
     return torch.randint(4, VOCAB, (1, 8), generator=torch.Generator().manual_seed(seed))
 
 
-def _hf_greedy(hf, ids: torch.Tensor, n: int) -> torch.Tensor:
+def _hf_greedy(hf, ids: torch.Tensor, n: int, repetition_penalty: float = 1.0) -> torch.Tensor:
     hf.generation_config.eos_token_id = None  # never stop early: compare all n tokens
-    out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, pad_token_id=0)
+    out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, pad_token_id=0,
+                      repetition_penalty=repetition_penalty)
     return out[:, ids.shape[1]:]
 
 
@@ -74,6 +75,9 @@ def test_from_hf_matches_transformers_and_round_trips_bitwise(family, tokenizer_
     prompt = _prompt()
     new = generate(model, prompt, max_new_tokens=20, max_seq_len=cfg.max_seq_len)
     assert torch.equal(new, _hf_greedy(hf, prompt, 20))
+    penalised = generate(model, prompt, max_new_tokens=20, max_seq_len=cfg.max_seq_len, repetition_penalty=1.5)
+    assert torch.equal(penalised, _hf_greedy(hf, prompt, 20, repetition_penalty=1.5))
+    assert not torch.equal(penalised, new)  # the penalty changed the text, the same way in both
 
     # ... and back: every tensor bitwise equal to what transformers saved (fp32 in, fp32 out).
     out = tmp_path / "hf_again"

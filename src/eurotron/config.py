@@ -366,6 +366,8 @@ class GenerateConfig:
     temperature: float = 1.0
     top_p: float = 0.9
     seed: int = 0
+    # > 1 discourages repeating tokens already in the text (transformers' repetition_penalty); 1 = off.
+    repetition_penalty: float = 1.0
 
 
 @dataclass

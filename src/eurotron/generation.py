@@ -36,6 +36,12 @@ def _sample_top_p(logits: torch.Tensor, top_p: float, generator: torch.Generator
     return order.gather(-1, choice)
 
 
+def _penalise_repeats(logits: torch.Tensor, tokens: torch.Tensor, penalty: float) -> torch.Tensor:
+    seen = logits.gather(-1, tokens)
+    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
+    return logits.scatter(-1, tokens, seen)
+
+
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -47,12 +53,17 @@ def generate(
     top_p: float = 0.9,
     eos_id: Optional[int] = None,
     seed: int = 0,
+    repetition_penalty: float = 1.0,
 ) -> torch.Tensor:
     """Extend `prompt_ids` ([B, L]) by up to max_new_tokens tokens; returns only the new tokens.
 
     Recomputes the whole (cropped) context each step: simple and exact; fine for the short
-    completions used in demos and memorisation audits.
+    completions used in demos and memorisation audits. ``repetition_penalty`` > 1 discourages tokens
+    already in the sequence, as transformers' ``generate(repetition_penalty=...)`` does (CTRL's rule:
+    a positive logit is divided by it, a negative one multiplied), so both give the same tokens.
     """
+    if repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty={repetition_penalty}: must be positive (1.0 = off)")
     if strategy not in ("greedy", "top_p"):
         raise ValueError(f"generate.strategy={strategy!r}: choose greedy or top_p")
     generator = torch.Generator(device=prompt_ids.device).manual_seed(seed)
@@ -62,6 +73,8 @@ def generate(
     for _ in range(max_new_tokens):
         context = tokens[:, -max_seq_len:]
         logits = model(context)[:, -1, :].float()
+        if repetition_penalty != 1.0:
+            logits = _penalise_repeats(logits, tokens, repetition_penalty)
         if strategy == "greedy":
             next_token = logits.argmax(dim=-1, keepdim=True)
         else:

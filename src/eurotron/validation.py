@@ -276,6 +276,7 @@ def _check_run(cfg: TrainConfig, p: _Problems) -> None:
     p.choice("generate.strategy", g.strategy, GENERATION_STRATEGIES)
     p.positive("generate.max_new_tokens", g.max_new_tokens)
     p.positive("generate.temperature", g.temperature)
+    p.positive("generate.repetition_penalty", g.repetition_penalty)
     if not 0.0 < g.top_p <= 1.0:
         p.add("generate.top_p", g.top_p, "must be in (0, 1]")
     if not cfg.run_dir:

@@ -23,6 +23,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=None,
+                   help="> 1 discourages repeats, as transformers' repetition_penalty (default: the run's)")
     return p.parse_args(argv)
 
 
@@ -48,6 +50,7 @@ def run(args: argparse.Namespace) -> list:
             top_p=args.top_p or g.top_p,
             eos_id=tokenizer.eos_id,
             seed=g.seed if args.seed is None else args.seed,
+            repetition_penalty=g.repetition_penalty if args.repetition_penalty is None else args.repetition_penalty,
         )
         # Decode prompt and completion together so word boundaries (SentencePiece's "▁") survive.
         full = tokenizer.decode(ids[0].tolist() + new[0].tolist())
