@@ -26,6 +26,8 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
+from eurotron.parallel.mesh import exit_without_finalisation, shut_down_process_group
+
 from convert_support import random_eurotron_model, run_config_yaml, small_config
 
 ROW_PARALLEL = ("attention.wo.weight", "feed_forward.w2.weight", "tok_embeddings.weight")
@@ -88,7 +90,8 @@ def main() -> None:
             save_from_trainer(run["overrides"])
         except Exception as err:
             raise RuntimeError(f"run {run['name']!r} failed on rank {dist.get_rank()}: {err}") from err
-    dist.destroy_process_group()
+    shut_down_process_group()
+    exit_without_finalisation(0)  # as eurotron-train does
 
 
 if __name__ == "__main__":

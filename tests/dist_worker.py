@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from eurotron.compose import compose_train
 from eurotron.parallel.env import process_env
+from eurotron.parallel.mesh import exit_without_finalisation, shut_down_process_group
 from eurotron.train.checkpoint import LATEST, step_dir
 from eurotron.train.trainer import Trainer
 from eurotron.validation import validate_train_config
@@ -55,7 +56,8 @@ def main() -> None:
         timings[run["name"]] = round(time.perf_counter() - started, 2)
     if env.rank == 0 and spec.get("timings"):
         Path(spec["timings"]).write_text(json.dumps(timings))
-    dist.destroy_process_group()
+    shut_down_process_group()
+    exit_without_finalisation(0)  # as eurotron-train does
 
 
 if __name__ == "__main__":

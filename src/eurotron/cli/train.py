@@ -38,12 +38,23 @@ def run(cfg: DictConfig) -> dict:
 
 
 def _shut_down_process_group() -> None:
-    """Tear gloo/NCCL down explicitly: left to interpreter exit, their threads can abort the process."""
-    import torch.distributed as dist
+    """Tear gloo/NCCL down explicitly (left to interpreter exit, their threads can abort the process)."""
+    from ..parallel.mesh import shut_down_process_group
 
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    global _ran_a_process_group
+    _ran_a_process_group = shut_down_process_group() or _ran_a_process_group
+
+
+# Set once a multi-process run has torn its process group down: the process then ends without
+# interpreter finalisation (parallel.mesh.exit_without_finalisation says why).
+_ran_a_process_group = False
+
+
+def _exit_after_distributed_run() -> None:
+    if _ran_a_process_group:
+        from ..parallel.mesh import exit_without_finalisation
+
+        exit_without_finalisation(0)
 
 
 def run_config_file(args: list) -> dict:
@@ -62,8 +73,9 @@ def hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == CONFIG_FILE_FLAG:
         exit_on_user_error(APP, lambda: run_config_file(sys.argv[2:]))
-        return
-    hydra_main()
+    else:
+        hydra_main()
+    _exit_after_distributed_run()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -85,6 +86,27 @@ def init_distributed(env: ProcessEnv, device: torch.device, backend: str = "auto
         device_id=device if device.type == "cuda" else None,
     )
     return True
+
+
+def shut_down_process_group() -> bool:
+    """Barrier, then tear gloo/NCCL down explicitly; False when no process group was running."""
+    if not dist.is_initialized():
+        return False
+    dist.barrier()
+    dist.destroy_process_group()
+    return True
+
+
+def exit_without_finalisation(code: int = 0) -> None:
+    """End a process that ran a process group, skipping interpreter finalisation.
+
+    Gloo's worker threads can still hold work objects whose tensors reach into Python; destroyed
+    during finalisation they abort the process ("terminate called without an active exception",
+    SIGABRT) after a run that finished and wrote everything, about once in tens of 4-rank launches.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @dataclass
