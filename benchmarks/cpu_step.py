@@ -29,6 +29,15 @@ SHAPE = dict(vocab_size=32000, hidden_size=512, num_layers=8, num_heads=8, num_k
 BATCH, SEQ = 4, 512
 
 
+def finish_step(loss, model, optimizer):
+    """What both loops do after the forward pass: backward, clip to 1.0, AdamW step, drop the grads."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
 def eurotron_step_fn(compile_model: bool):
     cfg = ModelConfig(name="bench", max_seq_len=SEQ, document_masking=False, **SHAPE)
     model = build_model(cfg, device="meta")
@@ -39,12 +48,7 @@ def eurotron_step_fn(compile_model: bool):
 
     def step(input_ids, labels, loss_mask):
         logits = forward(input_ids)
-        loss = summed_cross_entropy(logits, labels, loss_mask) / loss_mask.sum()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        return finish_step(summed_cross_entropy(logits, labels, loss_mask) / loss_mask.sum(), model, optimizer)
 
     return step
 
@@ -67,12 +71,7 @@ def hf_step_fn(onednn_linears: bool = False):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
 
     def step(input_ids, labels, loss_mask):
-        loss = model(input_ids=input_ids, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        return finish_step(model(input_ids=input_ids, labels=labels).loss, model, optimizer)
 
     return step
 
