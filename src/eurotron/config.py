@@ -307,7 +307,8 @@ class ClusterConfig:
     peak_flops: float = 1.9e11
     gpus_per_node: int = 0
     cpu_threads: int = 0
-    # Kernels for fp32 matmuls on CPU: onednn (2x MKL's speed on AMD EPYC; model/linear.py) | aten.
+    # Kernels for fp32 matmuls on CPU: onednn (2x MKL's speed on AMD EPYC; model/linear.py; PyTorch's own
+    # where a build lacks oneDNN, an error only with cluster.device=cpu) | aten.
     cpu_matmul: str = "onednn"
     # What eurotron-launch needs to know of a Slurm system (configs/cluster/<system>.yaml).
     gpu_model: str = ""

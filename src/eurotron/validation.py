@@ -270,7 +270,7 @@ def _check_run(cfg: TrainConfig, p: _Problems) -> None:
     p.positive("cluster.cpu_threads", cfg.cluster.cpu_threads, allow_zero=True)
     p.choice("cluster.cpu_matmul", cfg.cluster.cpu_matmul, CPU_MATMUL_BACKENDS)
     p.positive("cluster.collective_timeout_minutes", cfg.cluster.collective_timeout_minutes)
-    if cfg.cluster.cpu_matmul == "onednn" and not onednn_available():
+    if cfg.cluster.cpu_matmul == "onednn" and cfg.cluster.device == "cpu" and not onednn_available():
         p.add("cluster.cpu_matmul", "onednn", "this PyTorch build has no oneDNN; use cluster.cpu_matmul=aten")
     g = cfg.generate
     p.choice("generate.strategy", g.strategy, GENERATION_STRATEGIES)

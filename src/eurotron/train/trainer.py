@@ -25,7 +25,7 @@ from ..data.blend import open_train_dataset
 from ..data.goldfish import build_batch_transform, dropped_fraction_record
 from ..data.loader import BatchLoader, TokenDataset
 from ..model import build_model, count_parameters, model_flops_per_token
-from ..model.linear import set_cpu_matmul
+from ..model.linear import onednn_available, set_cpu_matmul
 from ..parallel.env import ProcessEnv, is_main_process, process_env, select_device
 from ..parallel.layout import format_layout, gather_counts
 from ..parallel.mesh import build_mesh, init_distributed, resolve_backend
@@ -49,7 +49,8 @@ class Trainer:
         self.device = select_device(cfg.cluster.device, self.env.local_rank)
         if cfg.cluster.cpu_threads:
             torch.set_num_threads(cfg.cluster.cpu_threads)
-        set_cpu_matmul(cfg.cluster.cpu_matmul)
+        # On GPUs the choice only concerns stray CPU matmuls: a build without oneDNN keeps PyTorch's.
+        set_cpu_matmul(cfg.cluster.cpu_matmul if onednn_available() else "aten")
         if cfg.parallel.world_size != self.env.world_size:  # before any process group starts
             raise ConfigError(
                 f"parallel: the layout needs pp*dp_replicate*dp_shard*tp={cfg.parallel.world_size} processes "
