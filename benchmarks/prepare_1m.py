@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from results import emit_results  # noqa: E402
 from synthetic_corpus import write_corpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,12 +123,7 @@ def main() -> None:
         "load_average_at_end": os.getloadavg(),
         "summary": out.strip().splitlines(),
     }
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
-    if args.work_dir is None:
-        shutil.rmtree(work, ignore_errors=True)
+    emit_results(results, args.json, work, keep_work=args.work_dir is not None)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import statistics
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from results import emit_results  # noqa: E402
 from synthetic_corpus import write_corpus  # noqa: E402
 
 
@@ -148,12 +148,7 @@ def main() -> None:
         results["per_core"] = per_core(work, corpora, tokenizer, args.repeats)
     results["scaling"] = scaling(work, corpora[args.docs], args.docs, tokenizer, args.workers, args.repeats)
     results["machine"]["load_average_at_end"] = os.getloadavg()
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
-    if args.work_dir is None:
-        shutil.rmtree(work, ignore_errors=True)
+    emit_results(results, args.json, work, keep_work=args.work_dir is not None)
 
 
 if __name__ == "__main__":
