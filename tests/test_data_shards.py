@@ -81,6 +81,31 @@ def test_writer_rejects_bad_documents(tmp_path):
         ShardWriter(tmp_path, "x", 100, shard_tokens=0)
 
 
+@pytest.mark.parametrize("shard_tokens, flush_tokens", [(10**9, 1 << 20), (300, 97), (1, 1), (517, 1 << 20)])
+def test_add_documents_writes_what_add_document_writes(tmp_path, shard_tokens, flush_tokens):
+    docs = random_docs(300, 1000, seed=shard_tokens)
+    one_by_one = write(tmp_path / "single", docs, 1000, shard_tokens, flush_tokens)
+    writer = ShardWriter(tmp_path / "batched", "train", 1000, shard_tokens=shard_tokens, flush_tokens=flush_tokens)
+    for start in range(0, len(docs), 37):  # batches that cross shard boundaries
+        batch = docs[start:start + 37]
+        writer.add_documents(np.concatenate(batch), [len(d) for d in batch])
+    batched = writer.close()
+    assert batched == [{**stat} for stat in one_by_one] and len(batched) > (1 if shard_tokens < 10**9 else 0)
+    for stat in batched:
+        for key in ("bin", "idx"):
+            assert (tmp_path / "batched" / stat[key]).read_bytes() == (tmp_path / "single" / stat[key]).read_bytes()
+
+
+def test_add_documents_rejects_lengths_that_do_not_add_up(tmp_path):
+    writer = ShardWriter(tmp_path, "train", 100)
+    with pytest.raises(ShardError, match="add up to the 3 tokens"):
+        writer.add_documents([5, 6, 2], [2, 2])
+    with pytest.raises(ShardError, match="positive"):
+        writer.add_documents([5, 6, 2], [3, 0])
+    with pytest.raises(ShardError, match=r"\[0, 99\]"):
+        writer.add_documents([5, 100, 2], [3])
+
+
 @pytest.fixture
 def shard(tmp_path):
     stats = write(tmp_path, random_docs(50, 1000, seed=1), 1000)

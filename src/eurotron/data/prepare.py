@@ -29,6 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Iterator
 
+import numpy as np
+
 from .. import __version__
 from ..config import PrepareConfig, to_object
 from .errors import DataError
@@ -315,17 +317,27 @@ def _write_splits(cfg: PrepareConfig, settings: StageSettings, tokenizer: Tokeni
                          result.tokens, reasons, result.details,
                          {i: pii for i, pii, v in zip(result.candidates, result.pii, verdicts) if v is None})
         skipped.update(kind for kind in result.kinds if kind != "doc")
-        ends = result.ends.tolist() if result.ends is not None else []
-        for k, (i, verdict) in enumerate(zip(result.candidates, verdicts)):
-            if verdict is not None:
+        survivors = [k for k, verdict in enumerate(verdicts) if verdict is None]  # among the candidates
+        if not survivors:
+            continue
+        languages.update(lang for lang in (result.langs[result.candidates[k]] for k in survivors)
+                         if isinstance(lang, str))
+        lengths = np.diff(result.ends, prepend=0)
+        survivors = np.asarray(survivors)
+        # Every n-th kept document (counted over the whole run) goes to the eval split.
+        to_eval = (kept + np.arange(len(survivors))) % every == every - 1 if every else np.zeros(len(survivors), bool)
+        for split, rows in (("train", survivors[~to_eval]), ("eval", survivors[to_eval])):
+            if not len(rows):
                 continue
-            lang = result.langs[i]
-            if isinstance(lang, str):
-                languages[lang] += 1
-            split = "eval" if every and kept % every == every - 1 else "train"
-            writers[split].add_document(result.flat[ends[k - 1] if k else 0:ends[k]])
-            docs[split] += 1
-            kept += 1
+            if len(rows) == len(lengths):
+                tokens = result.flat
+            else:
+                wanted = np.zeros(len(lengths), dtype=bool)
+                wanted[rows] = True
+                tokens = result.flat[np.repeat(wanted, lengths)]
+            writers[split].add_documents(tokens, lengths[rows])
+            docs[split] += len(rows)
+        kept += len(survivors)
     splits = {}
     for name, writer in writers.items():
         shards = writer.close()

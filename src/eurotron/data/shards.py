@@ -71,6 +71,38 @@ class ShardWriter:
         array = np.asarray(tokens)
         if array.ndim != 1 or array.size == 0:
             raise ShardError(f"a document must be a non-empty 1-D token sequence, got shape {array.shape}")
+        self.add_documents(array, [array.size])
+
+    def add_documents(self, tokens: Sequence[int] | np.ndarray, lengths: Sequence[int] | np.ndarray) -> None:
+        """Append documents given back to back in `tokens`, `lengths[i]` tokens each (EOS included):
+        the same shards as one `add_document` per document, without a Python step per document.
+        The writer keeps a view of `tokens` until it flushes: don't modify the array afterwards."""
+        array = self._checked(np.asarray(tokens))
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if lengths.ndim != 1 or (lengths.size and int(lengths.min()) <= 0) or int(lengths.sum()) != array.size:
+            raise ShardError(f"document lengths must be positive and add up to the {array.size} tokens given")
+        ends = np.cumsum(lengths)
+        done_docs, done_tokens = 0, 0
+        while done_docs < len(ends):
+            if self._handle is None:
+                self._open_next()
+            # Documents go into this shard up to and including the one that fills it.
+            added = ends[done_docs:] - done_tokens
+            take = min(int(np.searchsorted(added, self.shard_tokens - self._tokens)) + 1, len(added))
+            self._offsets.extend((added[:take] + self._tokens).tolist())
+            piece = array[done_tokens:done_tokens + int(added[take - 1])]
+            self._buffer.append(piece)
+            self._buffered += piece.size
+            self._tokens += piece.size
+            done_docs, done_tokens = done_docs + take, done_tokens + piece.size
+            if self._buffered >= self.flush_tokens:
+                self._flush()
+            if self._tokens >= self.shard_tokens:
+                self._finish_shard()
+
+    def _checked(self, array: np.ndarray) -> np.ndarray:
+        if array.ndim != 1:
+            raise ShardError(f"tokens must be a 1-D sequence, got shape {array.shape}")
         if array.dtype != self.dtype:
             if array.size and (int(array.min()) < 0 or int(array.max()) > self.max_id):
                 raise ShardError(
@@ -78,16 +110,7 @@ class ShardWriter:
                     f"got {int(array.min())}..{int(array.max())}"
                 )
             array = array.astype(self.dtype)
-        if self._handle is None:
-            self._open_next()
-        self._buffer.append(array)
-        self._buffered += array.size
-        self._tokens += array.size
-        self._offsets.append(self._tokens)
-        if self._buffered >= self.flush_tokens:
-            self._flush()
-        if self._tokens >= self.shard_tokens:
-            self._finish_shard()
+        return array
 
     def close(self) -> List[Dict[str, Any]]:
         """Finish the open shard; return one stats dict per shard written."""

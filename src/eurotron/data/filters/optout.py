@@ -10,8 +10,8 @@ is parsed once per worker however many documents its origin has.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import robots, tdmrep
 from .snapshot import SnapshotStore
@@ -20,12 +20,11 @@ from .urls import ParsedUrl
 CACHED_ORIGINS = 65536
 
 
-@dataclass
-class OptOutDecision:
+class OptOutDecision(NamedTuple):  # a tuple: one is made per document
     # None: kept; robots | robots_policy | tdmrep | tdmrep_policy
     reason: Optional[str] = None
     # robots: the disallowed agents; robots_policy: the case; tdmrep: the signal's source
-    agents: List[str] = field(default_factory=list)
+    agents: Sequence[str] = ()
     detail: Optional[str] = None
     # What the snapshot said about the origin (for the report): ok | missing | 4xx | 5xx | unparsable
     robots_case: str = "ok"
@@ -79,24 +78,21 @@ class OptOutFilter:
 
     def check(self, url: str, parsed: ParsedUrl, headers: Any = None, html: Any = None) -> OptOutDecision:
         entry = self._origin(parsed.origin)
-        decision = OptOutDecision(robots_case=entry.robots_case, tdmrep_status=entry.tdm_status)
+        case, status = entry.robots_case, entry.tdm_status
         if self.use_robots:
             if entry.rules is not None:
                 agents = entry.rules.disallowed(url)
                 if agents:
-                    decision.reason, decision.agents = "robots", agents
-                    return decision
-            elif self.policy[entry.robots_case] == "remove":
-                decision.reason, decision.detail = "robots_policy", entry.robots_case
-                return decision
+                    return OptOutDecision("robots", agents, None, case, status)
+            elif self.policy[case] == "remove":
+                return OptOutDecision("robots_policy", [], case, case, status)
         if self.use_tdmrep:
-            if entry.tdm_status == "unreadable" and self.policy["tdmrep_unreadable"] == "remove":
-                decision.reason, decision.detail = "tdmrep_policy", "unreadable"
-                return decision
+            if status == "unreadable" and self.policy["tdmrep_unreadable"] == "remove":
+                return OptOutDecision("tdmrep_policy", [], "unreadable", case, status)
             signal = tdmrep.decide(entry.tdm_file, parsed.path, headers, html)
             if signal is not None and signal.reserved:
-                decision.reason, decision.detail = "tdmrep", signal.source
-        return decision
+                return OptOutDecision("tdmrep", [], signal.source, case, status)
+        return OptOutDecision(None, [], None, case, status)
 
 
 def bad_url_decision(policy: Dict[str, str], kind: str) -> Tuple[Optional[str], Optional[str]]:

@@ -129,8 +129,10 @@ class Stage:
         return docs
 
     # ------------------------------------------------------------------------------------- filters
-    def _filter(self, doc: Dict[str, Any], signals: Counter) -> Tuple[Optional[str], Optional[str], Any]:
-        """(host, removal reason, detail) from the domain lists and the opt-out filter."""
+    def _filter(self, doc: Dict[str, Any], signals: Counter, origins: List[Tuple[str, str]]
+                ) -> Tuple[Optional[str], Optional[str], Any]:
+        """(host, removal reason, detail) from the domain lists and the opt-out filter; what the
+        snapshot said about the origin goes to `origins` (counted per batch)."""
         f = self.settings.filters
         url = doc.get(f.url_field)
         try:
@@ -148,12 +150,16 @@ class Stage:
         if self.optout is None:
             return parsed.host, None, None
         decision = self.optout.check(url, parsed, doc.get(f.headers_field), doc.get(f.html_field))
-        if f.optout.robots:
-            signals["robots:" + decision.robots_case] += 1
-        if f.optout.tdmrep:
-            signals["tdmrep:" + decision.tdmrep_status] += 1
-        detail = decision.agents if decision.reason == "robots" else decision.detail
-        return parsed.host, decision.reason, detail
+        origins.append((decision.robots_case, decision.tdmrep_status))
+        return parsed.host, decision.reason, decision.agents if decision.reason == "robots" else decision.detail
+
+    def _count_origins(self, origins: List[Tuple[str, str]], signals: Counter) -> None:
+        f = self.settings.filters
+        for (robots_case, tdm_status), n in Counter(origins).items():
+            if f.optout.robots:
+                signals["robots:" + robots_case] += n
+            if f.optout.tdmrep:
+                signals["tdmrep:" + tdm_status] += n
 
     # --------------------------------------------------------------------------------------- batch
     def process(self, rows: Sequence[Tuple[str, Any]]) -> BatchResult:
@@ -168,16 +174,22 @@ class Stage:
         result.langs = [d.get(f.lang_field) if d is not None else None for d in docs]
         result.dates = [d.get(f.date_field) if d is not None else None for d in docs]
         texts: List[Optional[str]] = [d["text"] if d is not None else None for d in docs]
+        hosts, reasons, details, chars, candidates = (result.hosts, result.reasons, result.details, result.chars,
+                                                      result.candidates)
+        origins: List[Tuple[str, str]] = []
         for i, doc in enumerate(docs):
             if doc is None:
                 continue
-            result.chars[i] = len(doc["text"])
+            chars[i] = len(doc["text"])
             if self.enabled:
-                result.hosts[i], result.reasons[i], result.details[i] = self._filter(doc, result.signals)
+                hosts[i], reason, details[i] = self._filter(doc, result.signals, origins)
+                if reason is not None:
+                    reasons[i] = reason
+                    continue
             else:
-                result.hosts[i] = _host_or_none(doc.get(self.settings.filters.url_field))
-            if result.reasons[i] is None:
-                result.candidates.append(i)
+                hosts[i] = _host_or_none(doc.get(f.url_field))
+            candidates.append(i)
+        self._count_origins(origins, result.signals)
         kept_texts = [texts[i] for i in result.candidates]
         if self.pii is not None:
             scrubbed = self.pii.scrub_batch(kept_texts)

@@ -9,15 +9,13 @@ default ports are dropped.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 from urllib.parse import urlsplit
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-@dataclass(frozen=True)
-class ParsedUrl:
+class ParsedUrl(NamedTuple):  # a tuple: built once per document, so it must be cheap
     origin: str  # "https://www.example.eu" or "http://example.eu:8080"
     host: str  # "www.example.eu"
     path: str  # path + query, as robots.txt rules match it ("/a/b?c=1"); "/" when empty
@@ -51,32 +49,26 @@ def normalise_host(host: str) -> str:
         raise BadUrl("bad_url", f"host {host!r} is not a valid internationalised domain name ({err})") from None
 
 
-_PLAIN_HOST = re.compile(r"[a-z0-9-]+(?:\.[a-z0-9-]+)*")
+# http(s)://host[:port] with a plain ASCII host, followed by the path, query, fragment or nothing.
+_PLAIN_URL = re.compile(r"((?i:https?))://([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)\.?(?::(\d{1,5}))?(?=[/?#]|$)")
 
 
 def _fast_parse(value: str) -> Optional[ParsedUrl]:
-    """The common case (http(s), a plain ASCII host, maybe a port) with string operations only;
-    None sends anything unusual to urlsplit."""
-    sep = value.find("://")
-    if sep not in (4, 5):
+    """The common case (http(s), a plain ASCII host, maybe a port) with one regex match; None sends
+    anything unusual (IDNA hosts, user info, IPv6 literals, bad ports) to urlsplit."""
+    match = _PLAIN_URL.match(value)
+    if match is None:
         return None
-    scheme = value[:sep].lower()
-    if scheme not in DEFAULT_PORTS:
+    scheme, host, port = match.groups()
+    if port is not None and int(port) > 65535:
         return None
-    rest = value[sep + 3:]
-    end = len(rest)
-    for ch in "/?#":
-        at = rest.find(ch, 0, end)
-        if at != -1:
-            end = at
-    host, colon, port = rest[:end].rpartition(":") if ":" in rest[:end] else (rest[:end], "", "")
-    host = host.rstrip(".").lower()
-    if not _PLAIN_HOST.fullmatch(host) or (colon and not (port.isdigit() and len(port) <= 5 and int(port) <= 65535)):
-        return None
-    path = rest[end:].partition("#")[0] or "/"
+    path = value[match.end():].partition("#")[0] or "/"
     if path[0] == "?":
         path = "/" + path
-    return ParsedUrl(origin_of(scheme, host, int(port) if colon else None), host, path)
+    host, scheme = host.lower(), scheme.lower()
+    if port is None or int(port) == DEFAULT_PORTS[scheme]:
+        return ParsedUrl(f"{scheme}://{host}", host, path)
+    return ParsedUrl(f"{scheme}://{host}:{int(port)}", host, path)
 
 
 def parse_url(value: Union[str, object]) -> ParsedUrl:
