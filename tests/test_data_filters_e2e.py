@@ -266,3 +266,12 @@ def test_top_domains_stay_bounded():
     exact.add_many(["a.eu", "b.eu", "a.eu"], [5, 7, 5])
     assert exact.top() == [{"domain": "a.eu", "docs": 2, "tokens": 10}, {"domain": "b.eu", "docs": 1, "tokens": 7}]
     assert not exact.approximate
+
+
+def test_crawl_dates_are_read_as_days_or_months():
+    from eurotron.data.filters.report import day_of
+
+    assert day_of("2024-03-05T12:34:56Z") == "2024-03-05" and day_of("2024-03-05") == "2024-03-05"
+    assert day_of("2024-03") == day_of("2024-03-xx") == day_of("2024-03-5") == "2024-03"
+    for undated in ("2024", "24-03-05", "2024/03/05", "2024-3-05", "", None, 20240305, "abcd-ef-gh"):
+        assert day_of(undated) is None, undated

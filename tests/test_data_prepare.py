@@ -210,6 +210,18 @@ def test_readers_stream_and_keep_metadata(tmp_path, corpus):
         next(stream)  # the bad line is only reached after the good ones streamed out
 
 
+def test_truncated_gzip_is_a_clear_error_after_the_lines_before_it(tmp_path, corpus):
+    path = write_jsonl(tmp_path / "c.jsonl.gz", corpus[:50], opener=gzip.open)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) * 2 // 3])  # a copy that stopped part-way
+    stream = iter_documents(SourceConfig(type="jsonl", path=str(path)))
+    read = 0
+    with pytest.raises(DataError, match=r"c\.jsonl\.gz:\d+: cannot read the file"):
+        for _ in stream:
+            read += 1
+    assert 0 < read < 50
+
+
 def test_parquet_reader_renames_text_field_and_keeps_others(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

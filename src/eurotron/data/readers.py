@@ -142,20 +142,18 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
 def _jsonl_rows(files: Sequence[Path]) -> Iterator[Tuple[str, bytes]]:
     """Non-blank lines as bytes; a byte-order mark some Windows tools write is not part of the first."""
     for path in files:
+        name = str(path)
         with _open_binary(path) as handle:
             line_no = 0
-            while True:
-                try:
-                    line = handle.readline()
-                except (OSError, EOFError) as err:
-                    raise DataError(f"{path}:{line_no + 1}: cannot read the file ({err})") from err
-                if not line:
-                    break
-                line_no += 1
-                if line_no == 1 and line.startswith(b"\xef\xbb\xbf"):
-                    line = line[3:]
-                if line.strip():
-                    yield f"{path}:{line_no}", line
+            try:
+                for line in handle:
+                    line_no += 1
+                    if line_no == 1 and line.startswith(b"\xef\xbb\xbf"):
+                        line = line[3:]
+                    if line and not line.isspace():
+                        yield f"{name}:{line_no}", line
+            except (OSError, EOFError) as err:
+                raise DataError(f"{path}:{line_no + 1}: cannot read the file ({err})") from err
 
 
 # ---------------------------------------------------------------------------------------- Parquet

@@ -10,8 +10,10 @@ Tokens include the EOS that ends each document, as the shards hold them.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
+from itertools import compress
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -88,8 +90,8 @@ class _Period:
         self.by_year: Counter = Counter()
         self.undated = 0
 
-    def add_many(self, dates: Sequence[Any]) -> None:
-        days = [_day(d) for d in dates]
+    def add_days(self, days: Sequence[Optional[str]]) -> None:
+        """`days` as `day_of` gives them (None: undated)."""
         valid = [d for d in days if d is not None]
         self.undated += len(days) - len(valid)
         if not valid:
@@ -104,10 +106,14 @@ class _Period:
                 "undated": self.undated}
 
 
-def _day(date: Any) -> Optional[str]:
+def day_of(date: Any) -> Optional[str]:
     """"YYYY-MM-DD" or "YYYY-MM" from the start of an ISO date, else None."""
-    if not isinstance(date, str) or len(date) < 7 or date[4] != "-" or not date[:4].isdigit() \
-            or not date[5:7].isdigit():
+    return _day(date[:10]) if isinstance(date, str) else None
+
+
+@functools.lru_cache(maxsize=4096)  # a corpus has few distinct days; the answer depends on these 10 characters only
+def _day(date: str) -> Optional[str]:
+    if len(date) < 7 or date[4] != "-" or not date[:4].isdigit() or not date[5:7].isdigit():
         return None
     if len(date) >= 10 and date[7] == "-" and date[8:10].isdigit():
         return date[:10]
@@ -164,19 +170,27 @@ class ReportBuilder:
                 examples = self.bad_examples.setdefault(kind, [])
                 if len(examples) < EXAMPLES_PER_KIND:
                     examples.append(where[i])
-        kept = [i for i in docs if reasons[i] is None]
+        # Per document, once; the kept documents' values are a selection of these.
         domains = [hosts[i] or "(no host)" for i in docs]
+        doc_tokens = [tokens[i] for i in docs]
+        values = {
+            "chars": [chars[i] for i in docs],
+            "langs": [langs[i] if isinstance(langs[i], str) and langs[i] else "unknown" for i in docs],
+            "days": [day_of(dates[i]) for i in docs],
+        }
         self.with_url += sum(1 for i in docs if hosts[i])
-        self.hosts_in.add_many(domains, [tokens[i] for i in docs])
-        for side, rows in (("in", docs), ("out", kept)):
+        self.hosts_in.add_many(domains, doc_tokens)
+        is_kept = [reasons[i] is None for i in docs]
+        kept_domains, kept_tokens = list(compress(domains, is_kept)), list(compress(doc_tokens, is_kept))
+        self.domains_out.add_many(kept_domains, kept_tokens)
+        for side, side_tokens in (("in", doc_tokens), ("out", kept_tokens)):
+            picked = values if side == "in" else {k: list(compress(v, is_kept)) for k, v in values.items()}
             total = self.totals[side]
-            total[0] += len(rows)
-            total[1] += sum(tokens[i] for i in rows)
-            total[2] += sum(chars[i] for i in rows)
-            self.languages[side].update(langs[i] if isinstance(langs[i], str) and langs[i] else "unknown"
-                                        for i in rows)
-            self.periods[side].add_many([dates[i] for i in rows])
-        self.domains_out.add_many([hosts[i] or "(no host)" for i in kept], [tokens[i] for i in kept])
+            total[0] += len(side_tokens)
+            total[1] += sum(side_tokens)
+            total[2] += sum(picked["chars"])
+            self.languages[side].update(picked["langs"])
+            self.periods[side].add_days(picked["days"])
         for counts in pii.values():
             if counts:
                 self.pii.update(counts)

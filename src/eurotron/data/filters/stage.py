@@ -118,7 +118,8 @@ class Stage:
                 result.kinds.append(err.kind)
                 result.where.append(where)
                 continue
-            if not doc["text"].strip():
+            text = doc["text"]
+            if not text or text.isspace():  # no copy, unlike strip()
                 docs.append(None)
                 result.kinds.append("empty")
                 result.where.append(None)
