@@ -19,7 +19,7 @@ DEMO_PROMPTS := --prompt "Die Bibliothek" --prompt "La ville" --prompt "The rail
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py src/eurotron/data/_native.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'

@@ -15,6 +15,8 @@ result does not depend on the number of workers.
 Shingles are hashed for a whole batch at once: a polynomial rolling hash over the bytes of the
 words (mod 2^32), so no Python code runs per shingle. The signature is a one-permutation MinHash
 with optimal densification (one hash per shingle instead of ``num_perm``; see `signatures`).
+When the C extension is built (`eurotron.data.native`), the word layout, band keys and exact keys
+come from it instead, bit for bit the same: the numpy code here is the reference and the fallback.
 
 Memory of the index: 8 bytes x (1 + bands) per kept document, held as sorted numpy runs that are
 merged as they grow (a log-structured set): 1M documents with 9 bands take 80 MB.
@@ -30,6 +32,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .. import native
 from ..errors import DataError
 
 _P32 = np.uint32(0x01000193)  # FNV-1 32-bit prime: odd, so invertible mod 2^32
@@ -64,19 +67,42 @@ class WordBatch:
     @classmethod
     def of(cls, texts: Sequence[str]) -> "WordBatch":
         encoded = [(t if t.isascii() else unicodedata.normalize("NFC", t)).encode("utf-8") for t in texts]
-        raw = np.frombuffer(b"\n".join(encoded) + b"\n", dtype=np.uint8)
-        word = _WORD_BYTES[raw]
-        prev = np.zeros_like(word)
-        prev[1:] = word[:-1]
-        starts_in_raw = np.flatnonzero(word & ~prev)
-        clean = np.where(word, raw | np.uint8(0x20), np.uint8(32))[word | prev]
-        word_ends = np.flatnonzero(clean == 32)
-        word_starts = np.concatenate(([0], word_ends[:-1] + 1)) if len(word_ends) else word_ends
-        text_ends = np.cumsum([len(e) + 1 for e in encoded])
-        per_text = np.bincount(np.searchsorted(text_ends, starts_in_raw, side="right"),
-                               minlength=len(texts)).astype(np.int64)
-        first_word = np.concatenate(([0], np.cumsum(per_text)[:-1])) if len(per_text) else per_text
-        return cls(clean, word_starts, word_ends, per_text, first_word, encoded)
+        raw = b"\n".join(encoded) + b"\n"
+        text_ends = np.cumsum([len(e) + 1 for e in encoded], dtype=np.int64)
+        layout = _native_layout if encoded and native.available() else _numpy_layout
+        return cls(*layout(raw, text_ends), encoded)
+
+
+Layout = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _numpy_layout(data: bytes, text_ends: np.ndarray) -> Layout:
+    """WordBatch's arrays from the joined texts (the reference for `_native_layout`)."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    word = _WORD_BYTES[raw]
+    prev = np.zeros_like(word)
+    prev[1:] = word[:-1]
+    starts_in_raw = np.flatnonzero(word & ~prev)
+    clean = np.where(word, raw | np.uint8(0x20), np.uint8(32))[word | prev]
+    word_ends = np.flatnonzero(clean == 32)
+    word_starts = np.concatenate(([0], word_ends[:-1] + 1)) if len(word_ends) else word_ends
+    per_text = np.bincount(np.searchsorted(text_ends, starts_in_raw, side="right"),
+                           minlength=len(text_ends)).astype(np.int64)
+    first_word = np.concatenate(([0], np.cumsum(per_text)[:-1])) if len(per_text) else per_text
+    return clean, word_starts, word_ends, per_text, first_word
+
+
+def _native_layout(data: bytes, text_ends: np.ndarray) -> Layout:
+    size, words = native.ext.word_count(data)
+    # One item more than needed: the C loop writes one ahead.
+    clean, starts, ends = np.empty(size + 1, np.uint8), np.empty(words + 1, np.int64), np.empty(words + 1, np.int64)
+    per_text, first_word = np.empty(len(text_ends), np.int64), np.empty(len(text_ends), np.int64)
+    native.ext.word_layout(data, text_ends, clean, starts, ends, per_text, first_word)
+    return clean[:size], starts[:words], ends[:words], per_text, first_word
+
+
+def _blake64(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
 def exact_keys(texts: Sequence[str], batch: Optional[WordBatch] = None) -> np.ndarray:
@@ -84,16 +110,19 @@ def exact_keys(texts: Sequence[str], batch: Optional[WordBatch] = None) -> np.nd
     words in the same order, whatever the ASCII case, spacing or punctuation, are one text. A text
     without words is hashed as its raw bytes."""
     b = batch if batch is not None else WordBatch.of(texts)
-    out = np.empty(len(b.per_text), dtype=np.uint64)
-    view = memoryview(b.clean.tobytes())
-    starts = b.word_starts[np.minimum(b.first_word, max(len(b.word_starts) - 1, 0))].tolist() if len(b.word_starts) \
-        else [0] * len(out)
-    last = b.first_word + b.per_text - 1
-    ends = b.word_ends[np.maximum(last, 0)].tolist() if len(b.word_ends) else [0] * len(out)
-    for i, (n, a, z) in enumerate(zip(b.per_text.tolist(), starts, ends)):
-        data = view[a:z] if n else b"\x00" + b.encoded[i]
-        out[i] = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
-    return out
+    if native.available():
+        out = np.empty(len(b.per_text), dtype=np.uint64)
+        native.ext.exact_keys(b.clean, b.word_starts, b.word_ends, b.per_text, b.first_word, out)
+        for i in np.flatnonzero(b.per_text == 0).tolist():
+            out[i] = _blake64(b"\x00" + b.encoded[i])
+        return out
+    per_text, has = b.per_text.tolist(), b.per_text > 0
+    starts, ends = np.zeros(len(per_text), np.int64), np.zeros(len(per_text), np.int64)
+    starts[has] = b.word_starts[b.first_word[has]]
+    ends[has] = b.word_ends[(b.first_word + b.per_text - 1)[has]]
+    clean = b.clean.tobytes()
+    return np.array([_blake64(clean[a:z] if n else b"\x00" + e)
+                     for n, a, z, e in zip(per_text, starts.tolist(), ends.tolist(), b.encoded)], dtype=np.uint64)
 
 
 def exact_key(text: str) -> int:
@@ -241,7 +270,13 @@ class MinHasher:
 
     def band_keys(self, texts: Sequence[str], batch: Optional[WordBatch] = None) -> Tuple[np.ndarray, np.ndarray]:
         """uint64 [n, bands] band keys (rows of zeros for texts without words) and a has-words mask."""
-        hashes, counts = self.shingle_hashes(texts, batch)
+        b = batch if batch is not None else WordBatch.of(texts)
+        if native.available():  # the same computation fused per text: shingles → signature → keys
+            keys, has = np.empty((len(b.per_text), self.bands), np.uint64), np.empty(len(b.per_text), bool)
+            native.ext.band_keys(b.clean, b.word_starts, b.word_ends, b.per_text, b.first_word, self.shingle_words,
+                                 int(self.seed32), self.num_perm, self.probes, self.band_salt, self.rows, keys, has)
+            return keys, has
+        hashes, counts = self.shingle_hashes(texts, b)
         keys = np.zeros((len(texts), self.bands), dtype=np.uint64)
         has = counts > 0
         if has.any():

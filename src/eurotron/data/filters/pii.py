@@ -18,6 +18,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from .. import native
 from ..errors import DataError
 
 KINDS = ("email", "iban", "ipv6", "ipv4", "phone")
@@ -154,13 +155,30 @@ def _find_all(data: bytes, needle: bytes) -> np.ndarray:
 def _gates(texts: Sequence[str]) -> Dict[str, np.ndarray]:
     """Per kind, which texts could hold a match: necessary conditions checked for the whole batch at
     once, so that the regexes only run where they can find something. Every check starts from the
-    digits (or a rare character), so its cost is a few passes over the bytes."""
+    digits (or a rare character), so its cost is a few passes over the bytes (one in C)."""
     encoded = [t.encode("utf-8") for t in texts]
     data = b"".join(encoded)
-    ends = np.cumsum([len(e) for e in encoded])
+    ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)
     n = len(texts)
     if len(data) < 4:
         return {kind: np.ones(n, dtype=bool) for kind in KINDS}
+    if native.available():
+        flags = np.empty((6, n), dtype=bool)
+        native.ext.pii_gates(data, ends, flags)
+        email, iban, ipv4, ipv6, plus, run = flags
+    else:
+        email, iban, ipv4, ipv6, plus, run = _numpy_flags(data, ends, n)
+    # A run of digits from a "0" counts as a phone number only after a label.
+    for i in np.flatnonzero(run):
+        lowered = texts[i].lower()
+        run[i] = any(label in lowered for label in _LABELS)
+    return {"email": email, "iban": iban, "ipv4": ipv4, "ipv6": ipv6, "phone": plus | run}
+
+
+def _numpy_flags(data: bytes, ends: np.ndarray, n: int) -> Tuple[np.ndarray, ...]:
+    """_gates' per-text flags before the label check (the reference for native.ext.pii_gates): e-mail,
+    IBAN, IPv4, IPv6, a "+" before a digit, a "0" followed by 6 more digits within 32 bytes.
+    Windows are measured on the concatenated bytes, so they may reach into the next text."""
     buf = np.frombuffer(data, dtype=np.uint8)
 
     def docs(positions: np.ndarray) -> np.ndarray:
@@ -173,29 +191,25 @@ def _gates(texts: Sequence[str]) -> Dict[str, np.ndarray]:
         return np.where(inside, buf[np.clip(positions, 0, len(buf) - 1)], 0)
 
     digits = np.flatnonzero((buf >= 48) & (buf <= 57))
-    gates = {"email": docs(_find_all(data, b"@"))}
+    email = docs(_find_all(data, b"@"))
     # IBAN: two capitals, then two digits.
     before = at(digits - 1), at(digits - 2)
     pair = (at(digits + 1) >= 48) & (at(digits + 1) <= 57)
     capitals = (before[0] >= 65) & (before[0] <= 90) & (before[1] >= 65) & (before[1] <= 90)
-    gates["iban"] = docs(digits[pair & capitals])
+    iban = docs(digits[pair & capitals])
     # IPv4: three digit-dot-digit within 9 bytes (an octet has at most 3 digits).
     dot = digits[(at(digits + 1) == 46) & (at(digits + 2) >= 48) & (at(digits + 2) <= 57)] + 1
-    gates["ipv4"] = docs(dot[np.searchsorted(dot, dot + 9) - np.arange(len(dot)) >= 3])
+    ipv4 = docs(dot[np.searchsorted(dot, dot + 9) - np.arange(len(dot)) >= 3])
     # IPv6: "::", or the 6-7 colons of the full forms within 40 bytes.
     colons = _find_all(data, b":")
     full = colons[np.searchsorted(colons, colons + 40) - np.arange(len(colons)) >= 6]
-    gates["ipv6"] = docs(np.concatenate([_find_all(data, b"::"), full]))
-    # Phones: "+" then a digit; or a "0" with 6 more digits within 32 bytes, in a text with a label.
+    ipv6 = docs(np.concatenate([_find_all(data, b"::"), full]))
+    # Phones: "+" then a digit; or a "0" with 6 more digits within 32 bytes.
     plus = _find_all(data, b"+")
     plus = plus[(at(plus + 1) >= 48) & (at(plus + 1) <= 57)]
     zeros = digits[buf[digits] == 48]
     run = docs(zeros[np.searchsorted(digits, zeros + 32) - np.searchsorted(digits, zeros) >= 7])
-    for i in np.flatnonzero(run):
-        lowered = texts[i].lower()
-        run[i] = any(label in lowered for label in _LABELS)
-    gates["phone"] = docs(plus) | run
-    return gates
+    return email, iban, ipv4, ipv6, docs(plus), run
 
 
 class PiiScrubber:

@@ -1,0 +1,58 @@
+"""The C extension `eurotron.data._native` (built by setup.py), when it is there and wanted.
+
+It does the per-document byte loops of eurotron-prepare (word layout, dedup keys, PII gates,
+flattening token ids) in one or two passes, bit for bit as the numpy code beside each caller, which
+stays the reference and the fallback: ``EUROTRON_NATIVE=0`` forces the numpy paths (read at each
+call, so tests and worker processes can switch).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+try:
+    from . import _native as ext
+    import_error: Optional[ImportError] = None
+except ImportError as error:  # not built (a checkout used without `pip install -e .`)
+    ext = None
+    import_error = error
+
+
+def available() -> bool:
+    """Whether the callers should use `ext`: built, and not switched off by EUROTRON_NATIVE=0."""
+    return ext is not None and os.environ.get("EUROTRON_NATIVE", "1") != "0"
+
+
+def flatten_token_ids(ids: Sequence[Sequence[int]], eos: int, vocab_size: int,
+                      dtype: np.dtype) -> Tuple[np.ndarray, np.ndarray]:
+    """Every id list followed by `eos`, as one `dtype` (uint16 or uint32) array, and the cumulative
+    ends (int64, EOS included). ValueError naming the id when one lies outside [0, vocab_size) or
+    does not fit `dtype`."""
+    dtype = np.dtype(dtype)
+    total = sum(map(len, ids)) + len(ids)
+    if available():
+        flat, ends = np.empty(total, dtype=dtype), np.empty(len(ids), dtype=np.int64)
+        ext.flatten_ids(ids, eos, vocab_size, flat, ends)
+        return flat, ends
+    limit = min(vocab_size, int(np.iinfo(dtype).max) + 1)
+    if not 0 <= eos < limit:
+        raise ValueError(f"eos id {eos} outside [0, {limit})")
+    ends = np.cumsum([len(seq) + 1 for seq in ids], dtype=np.int64)
+    with_eos = itertools.chain.from_iterable(itertools.chain(seq, (eos,)) for seq in ids)
+    try:
+        flat = np.fromiter(with_eos, dtype=dtype, count=total)
+    except (OverflowError, ValueError):
+        flat = None  # an id numpy cannot cast: found and named below
+    if flat is None or (total and int(flat.max()) >= limit):
+        for i, seq in enumerate(ids):
+            for token in seq:
+                if not 0 <= token < vocab_size:
+                    raise ValueError(f"token id {token!r} (text {i}) outside [0, {vocab_size})")
+                if token >= limit:
+                    raise ValueError(f"token id {token!r} (text {i}) does not fit the output's items (< {limit})")
+        raise ValueError("token ids: not a sequence of int sequences")
+    return flat, ends
