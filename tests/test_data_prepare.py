@@ -210,6 +210,20 @@ def test_readers_stream_and_keep_metadata(tmp_path, corpus):
         next(stream)  # the bad line is only reached after the good ones streamed out
 
 
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_token_ids_outside_the_vocabulary_stop_the_run(prepared, tmp_path, corpus, monkeypatch, native):
+    out, _ = prepared
+    monkeypatch.setenv("EUROTRON_NATIVE", native)
+    encode = Tokenizer.encode_batch
+    monkeypatch.setattr(Tokenizer, "encode_batch",
+                        lambda self, texts, threads=None: [ids + [self.vocab_size + 7] for ids in encode(self, texts, threads)])
+    source = SourceConfig(type="jsonl", path=str(write_jsonl(tmp_path / "c.jsonl", corpus[:20])))
+    reused = TokenizerConfig(type="sentencepiece", path=str(out / "tokenizer"))
+    with pytest.raises(DataError, match=rf"ids outside \[0, {VOCAB}\).*{VOCAB + 7}.*vocabulary size is wrong"):
+        prepare(config(source, tmp_path / "out", tokenizer=reused), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_truncated_gzip_is_a_clear_error_after_the_lines_before_it(tmp_path, corpus):
     path = write_jsonl(tmp_path / "c.jsonl.gz", corpus[:50], opener=gzip.open)
     data = path.read_bytes()

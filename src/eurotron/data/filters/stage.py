@@ -13,7 +13,6 @@ as read), so the report can say how many tokens each reason removed.
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -228,19 +227,15 @@ class Stage:
         kept_ids = ids[:len(kept_texts)]
         if not kept_ids:
             return
+        from ..native import flatten_token_ids
         from ..shards import token_dtype
 
-        for seq in kept_ids:
-            seq.append(tok.eos_id)
-        ends = np.cumsum([len(seq) for seq in kept_ids])
         try:
-            flat = np.fromiter(itertools.chain.from_iterable(kept_ids), dtype=token_dtype(tok.vocab_size),
-                               count=int(ends[-1]))
-        except OverflowError:
-            flat = None
-        if flat is None or int(flat.max()) >= tok.vocab_size:
-            raise DataError(f"the tokenizer produced ids outside [0, {tok.vocab_size}); its vocabulary size is wrong")
-        result.flat, result.ends = flat, ends
+            result.flat, result.ends = flatten_token_ids(kept_ids, tok.eos_id, tok.vocab_size,
+                                                         token_dtype(tok.vocab_size))
+        except ValueError as err:
+            raise DataError(f"the tokenizer produced ids outside [0, {tok.vocab_size}) ({err}); its vocabulary "
+                            f"size is wrong") from None
 
 
 def _host_or_none(url: Any) -> Optional[str]:
