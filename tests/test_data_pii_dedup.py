@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from eurotron.data.errors import DataError
-from eurotron.data.filters.dedup import (DedupKeys, Deduplicator, KeyIndex, MinHasher, exact_key, exact_keys,
-                                         lsh_parameters)
+from eurotron.data import native
+from eurotron.data.filters.dedup import DedupKeys, MinHasher, exact_key, exact_keys, lsh_parameters
+from eurotron.data.filters.dedup_index import Deduplicator, KeyIndex, KeyTable
 from eurotron.data.filters.pii import PiiScrubber, iban_valid
 
 
@@ -118,7 +119,15 @@ def test_minhash_estimates_jaccard_and_is_deterministic():
     assert not keys[2].any()
 
 
-def test_deduplicator_keeps_first_occurrence_in_order():
+@pytest.fixture(params=["native", "numpy"])
+def dedup_path(request, monkeypatch):
+    if request.param == "native" and native.ext is None:
+        pytest.skip(f"the C extension is not built ({native.import_error})")
+    monkeypatch.setenv("EUROTRON_NATIVE", "1" if request.param == "native" else "0")
+    return request.param
+
+
+def test_deduplicator_keeps_first_occurrence_in_order(dedup_path):
     rng = random.Random(1)
     base = _words(rng, 300)
     near = base.rsplit(" ", 3)[0] + " changed ending here"
@@ -141,6 +150,43 @@ def test_deduplicator_keeps_first_occurrence_in_order():
     bands, has = mh.band_keys(texts)
     reasons = exact_only.decide(DedupKeys(np.array([exact_key(t) for t in texts], dtype=np.uint64), bands, has))
     assert reasons == [None, None, "dedup_exact", None, None, "dedup_exact", None]
+
+
+def test_native_and_numpy_decisions_agree_on_colliding_keys(monkeypatch):
+    if native.ext is None:
+        pytest.skip(f"the C extension is not built ({native.import_error})")
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        exact_on, near_on = bool(rng.random() < 0.8), bool(rng.random() < 0.8)
+        width, pool = int(rng.integers(0, 5)), int(rng.integers(1, 300))  # small pools: many collisions
+        monkeypatch.setenv("EUROTRON_NATIVE", "1")
+        fast = Deduplicator(exact_on, near_on)
+        monkeypatch.setenv("EUROTRON_NATIVE", "0")
+        reference = Deduplicator(exact_on, near_on)
+        assert fast.native and not reference.native
+        for _ in range(5):
+            n = int(rng.integers(0, 400))
+            keys = DedupKeys(rng.integers(0, pool, n).astype(np.uint64),
+                             rng.integers(0, 3 * pool, (n, width)).astype(np.uint64), rng.random(n) < 0.9)
+            assert fast.decide(keys) == reference.decide(keys), trial
+
+
+def test_key_table_grows_and_keeps_every_key_including_zero():
+    if native.ext is None:
+        pytest.skip(f"the C extension is not built ({native.import_error})")
+    rng = np.random.default_rng(1)
+    table, reference = KeyTable(capacity=4), set()
+    for step in range(40):
+        keys = np.concatenate([rng.integers(0, 2**64 - 1, int(rng.integers(1, 3000)), dtype=np.uint64),
+                               np.array([0, step], dtype=np.uint64)])
+        table.reserve(len(keys))
+        table.count += native.ext.set_add_keys(table.slots, keys)
+        reference.update(int(k) for k in keys)
+        assert len(table) == len(reference) <= (len(table.slots) - 1) * KeyTable.MAX_LOAD
+    stored = set(int(k) for k in table.slots[:-1] if k) | ({0} if table.slots[-1] else set())
+    assert stored == reference
+    with pytest.raises(ValueError, match="power of two"):
+        native.ext.set_add_keys(np.zeros(6, dtype=np.uint64), np.ones(1, dtype=np.uint64))
 
 
 def test_key_index_is_a_set():

@@ -678,6 +678,128 @@ fail:
     return NULL;
 }
 
+/* ----------------------------------------------------------------------------------- key sets */
+
+/* Deduplicator's sets of uint64 keys: open addressing with linear probing in a uint64 table of
+ * `cap` (a power of two) slots, 0 marking an empty slot, plus one item after them that is 1 when
+ * the key 0 itself is in the set. Python sizes the table (dedup.py, KeyTable) so that it never
+ * fills up here. */
+typedef struct {
+    uint64_t *slots;
+    uint64_t mask;
+    int shift;
+} KeySet;
+
+static int key_set(Buffers *b, PyObject *obj, const char *name, KeySet *set) {
+    uint64_t *data;
+    Py_ssize_t len;
+    if (get(b, obj, 8, 1, name, (void **)&data, &len)) return -1;
+    Py_ssize_t cap = len - 1;
+    if (cap < 2 || (cap & (cap - 1))) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd items, expected a power of two (>= 2) plus one", name, len);
+        return -1;
+    }
+    set->slots = data;
+    set->mask = (uint64_t)cap - 1;
+    set->shift = 64;
+    while (cap > 1) cap >>= 1, set->shift--;
+    return 0;
+}
+
+/* The slot holding `key`, or the empty slot where it belongs (Fibonacci hashing spreads keys
+ * that share low bits). */
+static inline uint64_t *slot_of(const KeySet *set, uint64_t key) {
+    uint64_t at = (key * 0x9E3779B97F4A7C15ULL) >> set->shift;
+    while (set->slots[at] != 0 && set->slots[at] != key) at = (at + 1) & set->mask;
+    return &set->slots[at];
+}
+
+static inline int set_has(const KeySet *set, uint64_t key) {
+    return key ? *slot_of(set, key) == key : set->slots[set->mask + 1] != 0;
+}
+
+/* 1 when the key was new. */
+static inline int set_add(KeySet *set, uint64_t key) {
+    if (!key) {
+        int added = set->slots[set->mask + 1] == 0;
+        set->slots[set->mask + 1] = 1;
+        return added;
+    }
+    uint64_t *slot = slot_of(set, key);
+    if (*slot == key) return 0;
+    *slot = key;
+    return 1;
+}
+
+/* set_add_keys(table, keys) -> keys that were new. */
+static PyObject *set_add_keys(PyObject *self, PyObject *args) {
+    PyObject *o_table, *o_keys;
+    if (!PyArg_ParseTuple(args, "OO:set_add_keys", &o_table, &o_keys)) return NULL;
+    Buffers b = {.count = 0};
+    KeySet set;
+    uint64_t *keys;
+    Py_ssize_t n, added = 0;
+    if (key_set(&b, o_table, "table", &set) || get(&b, o_keys, 8, 0, "keys", (void **)&keys, &n)) {
+        release_all(&b);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) added += set_add(&set, keys[i]);
+    Py_END_ALLOW_THREADS
+    release_all(&b);
+    return PyLong_FromSsize_t(added);
+}
+
+/* dedup_decide(exact, bands, has_bands, use_exact, use_near, exact_table, band_table, out)
+ *   -> (exact keys added, band keys added)
+ * Deduplicator.decide, in corpus order: out[i] = 1 when text i's exact key is in the exact set,
+ * else 2 when one of its band keys (bands: n x b, row-major) is in the band set, else 0 — and then
+ * its keys join the sets, so later texts of the batch see them. */
+static PyObject *dedup_decide(PyObject *self, PyObject *args) {
+    PyObject *o_exact, *o_bands, *o_has, *o_etab, *o_btab, *o_out;
+    int use_exact, use_near;
+    if (!PyArg_ParseTuple(args, "OOOppOOO:dedup_decide", &o_exact, &o_bands, &o_has, &use_exact, &use_near, &o_etab,
+                          &o_btab, &o_out))
+        return NULL;
+    Buffers b = {.count = 0};
+    uint64_t *exact, *bands;
+    uint8_t *has, *out;
+    Py_ssize_t n, nbands, nhas, nout, added_exact = 0, added_bands = 0;
+    KeySet eset, bset;
+    if (get(&b, o_exact, 8, 0, "exact", (void **)&exact, &n) || get(&b, o_bands, 8, 0, "bands", (void **)&bands, &nbands) ||
+        get(&b, o_has, 1, 0, "has_bands", (void **)&has, &nhas) || get(&b, o_out, 1, 1, "out", (void **)&out, &nout) ||
+        key_set(&b, o_etab, "exact_table", &eset) || key_set(&b, o_btab, "band_table", &bset) ||
+        check_len(nhas, n, "has_bands") || check_len(nout, n, "out"))
+        goto fail;
+    if (n ? nbands % n : nbands) {
+        PyErr_Format(PyExc_ValueError, "bands: %zd items are no whole rows for %zd texts", nbands, n);
+        goto fail;
+    }
+    Py_ssize_t width = n ? nbands / n : 0;
+    if (!width) use_near = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint64_t *row = bands + i * width;
+        int code = 0, near = use_near && has[i];
+        if (use_exact && set_has(&eset, exact[i]))
+            code = 1;
+        else if (near)
+            for (Py_ssize_t r = 0; r < width && !code; r++)
+                if (set_has(&bset, row[r])) code = 2;
+        out[i] = (uint8_t)code;
+        if (code) continue;
+        if (use_exact) added_exact += set_add(&eset, exact[i]);
+        if (near)
+            for (Py_ssize_t r = 0; r < width; r++) added_bands += set_add(&bset, row[r]);
+    }
+    Py_END_ALLOW_THREADS
+    release_all(&b);
+    return Py_BuildValue("(nn)", added_exact, added_bands);
+fail:
+    release_all(&b);
+    return NULL;
+}
+
 /* ------------------------------------------------------------------------------------- module */
 
 static PyMethodDef methods[] = {
@@ -687,6 +809,8 @@ static PyMethodDef methods[] = {
     {"exact_keys", exact_keys, METH_VARARGS, "BLAKE2b-64 of each text's words (texts with words)."},
     {"pii_gates", pii_gates, METH_VARARGS, "pii._gates' per-text flags from the joined texts."},
     {"flatten_ids", flatten_ids, METH_VARARGS, "Token id lists, each followed by EOS, into one array."},
+    {"set_add_keys", set_add_keys, METH_VARARGS, "Add uint64 keys to a KeyTable's slots; how many were new."},
+    {"dedup_decide", dedup_decide, METH_VARARGS, "Deduplicator.decide on KeyTables, in order."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native",

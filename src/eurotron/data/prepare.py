@@ -34,7 +34,8 @@ import numpy as np
 from .. import __version__
 from ..config import PrepareConfig, to_object
 from .errors import DataError
-from .filters.dedup import Deduplicator, lsh_parameters
+from .filters.dedup import lsh_parameters
+from .filters.dedup_index import Deduplicator
 from .filters.lists import DomainLists
 from .filters.pii import PiiScrubber
 from .filters.report import REPORT_JSON, REPORT_MD, ReportBuilder, write_reports

@@ -18,8 +18,7 @@ with optimal densification (one hash per shingle instead of ``num_perm``; see `s
 When the C extension is built (`eurotron.data.native`), the word layout, band keys and exact keys
 come from it instead, bit for bit the same: the numpy code here is the reference and the fallback.
 
-Memory of the index: 8 bytes x (1 + bands) per kept document, held as sorted numpy runs that are
-merged as they grow (a log-structured set): 1M documents with 9 bands take 80 MB.
+The decisions (which keys were seen) are `dedup_index.Deduplicator`'s.
 """
 
 from __future__ import annotations
@@ -288,95 +287,3 @@ class MinHasher:
                     key = _mix(key ^ sig[:, :, r])
             keys[has] = key
         return keys, has
-
-
-# --------------------------------------------------------------------------------------------- index
-class KeyIndex:
-    """A set of uint64 keys as sorted runs, merged when a run is no larger than half the one before
-    (so there are O(log n) runs and each key is merged O(log n) times)."""
-
-    def __init__(self) -> None:
-        self.runs: List[np.ndarray] = []
-
-    def __len__(self) -> int:
-        return sum(len(r) for r in self.runs)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(r.nbytes for r in self.runs)
-
-    def contains(self, keys: np.ndarray) -> np.ndarray:
-        flat = keys.reshape(-1)
-        order = np.argsort(flat, kind="stable")
-        ordered = flat[order]  # sorted queries: each binary search starts where the last one ended
-        hit = np.zeros(len(flat), dtype=bool)
-        for run in self.runs:
-            at = np.searchsorted(run, ordered)
-            inside = at < len(run)
-            hit[inside] |= run[at[inside]] == ordered[inside]
-        found = np.empty(len(flat), dtype=bool)
-        found[order] = hit
-        return found.reshape(keys.shape)
-
-    def add(self, keys: np.ndarray) -> None:
-        if keys.size == 0:
-            return
-        self.runs.append(_sorted_unique(keys.reshape(-1)))
-        while len(self.runs) > 1 and len(self.runs[-1]) * 2 >= len(self.runs[-2]):
-            last = self.runs.pop()
-            self.runs[-1] = _sorted_unique(np.concatenate([self.runs[-1], last]))
-
-
-def _sorted_unique(keys: np.ndarray) -> np.ndarray:
-    """Sorted distinct keys (a stable sort is near-linear on two concatenated sorted runs)."""
-    ordered = np.sort(keys, kind="stable")
-    if len(ordered) < 2:
-        return ordered
-    keep = np.empty(len(ordered), dtype=bool)
-    keep[0] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
-    return ordered[keep]
-
-
-class Deduplicator:
-    """Keeps the first occurrence; later exact or near duplicates of a kept document are removed."""
-
-    def __init__(self, exact: bool, near: bool) -> None:
-        self.exact, self.near = exact, near
-        self.exact_index, self.band_index = KeyIndex(), KeyIndex()
-
-    @property
-    def nbytes(self) -> int:
-        return self.exact_index.nbytes + self.band_index.nbytes
-
-    def decide(self, keys: DedupKeys) -> List[Optional[str]]:
-        """Per document, in order: None (kept, its keys remembered), "dedup_exact" or "dedup_near"."""
-        n = len(keys.exact)
-        if n == 0 or not (self.exact or self.near):
-            return [None] * n
-        seen_exact = self.exact_index.contains(keys.exact) if self.exact else np.zeros(n, dtype=bool)
-        seen_band = (self.band_index.contains(keys.bands).any(axis=1) & keys.has_bands
-                     if self.near and keys.bands.shape[1] else np.zeros(n, dtype=bool))
-        exact_list = keys.exact.tolist()
-        band_rows = keys.bands.tolist()
-        batch_exact: set = set()
-        batch_bands: set = set()
-        reasons: List[Optional[str]] = []
-        kept = np.zeros(n, dtype=bool)
-        for i in range(n):
-            if self.exact and (seen_exact[i] or exact_list[i] in batch_exact):
-                reasons.append("dedup_exact")
-                continue
-            if self.near and keys.has_bands[i] and (seen_band[i] or not batch_bands.isdisjoint(band_rows[i])):
-                reasons.append("dedup_near")
-                continue
-            reasons.append(None)
-            kept[i] = True
-            batch_exact.add(exact_list[i])
-            if keys.has_bands[i]:
-                batch_bands.update(band_rows[i])
-        if self.exact:
-            self.exact_index.add(keys.exact[kept])
-        if self.near and keys.bands.shape[1]:
-            self.band_index.add(keys.bands[kept & keys.has_bands])
-        return reasons
