@@ -316,7 +316,7 @@ def _write_splits(cfg: PrepareConfig, settings: StageSettings, tokenizer: Tokeni
             reasons[i] = verdict
         report.add_batch(result.kinds, result.where, result.hosts, result.langs, result.dates, result.chars,
                          result.tokens, reasons, result.details,
-                         {i: pii for i, pii, v in zip(result.candidates, result.pii, verdicts) if v is None})
+                         {result.candidates[k]: pii for k, pii in result.pii.items() if verdicts[k] is None})
         skipped.update(kind for kind in result.kinds if kind != "doc")
         survivors = [k for k, verdict in enumerate(verdicts) if verdict is None]  # among the candidates
         if not survivors:

@@ -232,22 +232,29 @@ class PiiScrubber:
             text = _PHONE_INTL.sub(lambda m: _phone_replace(m, counter, 0), text)
         return _PHONE_LABELLED.sub(lambda m: _phone_replace(m, counter, 1), text)
 
-    def scrub_batch(self, texts: Sequence[str]) -> List[Tuple[str, Dict[str, int]]]:
-        """Each text with its PII replaced, and how many of each kind were (kinds with hits only)."""
-        if not self.kinds or not texts:
-            return [(t, {}) for t in texts]
-        gates = _gates(texts)
-        out = []
-        for i, text in enumerate(texts):
-            counts: Dict[str, int] = {}
-            for kind in self.kinds:
+    def scrub_batch(self, texts: Sequence[str]) -> Tuple[List[str], Dict[int, Dict[str, int]]]:
+        """The texts with their PII replaced, and for the texts that had any, how many of each kind
+        were replaced (by index). Only the texts a gate flags are looked at."""
+        out = list(texts)
+        found: Dict[int, Dict[str, int]] = {}
+        if not self.kinds or not out:
+            return out, found
+        gates = _gates(out)
+        flagged = np.zeros(len(out), dtype=bool)
+        for kind in self.kinds:
+            flagged |= gates[kind]
+        for i in np.flatnonzero(flagged).tolist():
+            text, counts = out[i], {}
+            for kind in self.kinds:  # in KINDS' order, so that one kind never eats another's digits
                 if gates[kind][i]:
                     counter = [0]
                     text = self._scrub_kind(kind, text, counter)
                     if counter[0]:
                         counts[kind] = counter[0]
-            out.append((text, counts))
-        return out
+            if counts:
+                out[i], found[i] = text, counts
+        return out, found
 
     def scrub(self, text: str) -> Tuple[str, Dict[str, int]]:
-        return self.scrub_batch([text])[0]
+        texts, found = self.scrub_batch([text])
+        return texts[0], found.get(0, {})

@@ -72,7 +72,7 @@ class BatchResult:
     # The documents still in the running ("candidates"), in order.
     candidates: List[int]
     keys: DedupKeys
-    pii: List[Dict[str, int]]
+    pii: Dict[int, Dict[str, int]]  # replacements by position in `candidates`, for those that had any
     flat: Optional[np.ndarray] = None  # pass 2: their tokens, each document followed by EOS
     ends: Optional[np.ndarray] = None
     texts: Optional[List[str]] = None  # pass 1: their texts
@@ -168,7 +168,7 @@ class Stage:
         result = BatchResult(kinds=[], where=[], hosts=[None] * n, langs=[], dates=[], chars=[0] * n,
                              tokens=[0] * n, reasons=[None] * n, details=[None] * n, candidates=[],
                              keys=DedupKeys(np.zeros(0, np.uint64), np.zeros((0, bands), np.uint64),
-                                            np.zeros(0, bool)), pii=[])
+                                            np.zeros(0, bool)), pii={})
         docs = self._parse(rows, result)
         f = self.settings.filters
         result.langs = [d.get(f.lang_field) if d is not None else None for d in docs]
@@ -192,11 +192,7 @@ class Stage:
         self._count_origins(origins, result.signals)
         kept_texts = [texts[i] for i in result.candidates]
         if self.pii is not None:
-            scrubbed = self.pii.scrub_batch(kept_texts)
-            kept_texts = [t for t, _ in scrubbed]
-            result.pii = [c for _, c in scrubbed]
-        else:
-            result.pii = [{} for _ in kept_texts]
+            kept_texts, result.pii = self.pii.scrub_batch(kept_texts)
         result.keys = self._keys(kept_texts, bands)
         if self.tokenizer is None:
             result.texts = kept_texts
