@@ -72,6 +72,9 @@ def test_robots_longest_match_allow_tie_wildcards_and_end_anchor(tmp_path):
     assert verdict(flt2, "https://b.eu/doc/report.pdf.html")[0] is None
     assert verdict(flt2, "https://b.eu/shop/cart-7/checkout/step")[0] == "robots"
     assert verdict(flt2, "https://b.eu/shop/checkout")[0] is None
+    # robots.txt itself may always be fetched (Protego's rule), though "Disallow: /" covers it.
+    assert verdict(flt, f"{site}/robots.txt") == (None, None)
+    assert verdict(flt, f"{site}/robots.txt/x")[0] == "robots"
 
 
 def test_robots_agent_groups_case_and_product_tokens(tmp_path):

@@ -89,7 +89,8 @@ class OptOutFilter:
         if self.use_tdmrep:
             if status == "unreadable" and self.policy["tdmrep_unreadable"] == "remove":
                 return OptOutDecision("tdmrep_policy", [], "unreadable", case, status)
-            signal = tdmrep.decide(entry.tdm_file, parsed.path, headers, html)
+            signal = (tdmrep.decide(entry.tdm_file, parsed.path, headers, html)
+                      if entry.tdm_file is not None or headers is not None or html is not None else None)
             if signal is not None and signal.reserved:
                 return OptOutDecision("tdmrep", [], signal.source, case, status)
         return OptOutDecision(None, [], None, case, status)

@@ -12,7 +12,7 @@ case-insensitive product tokens); this module adds what a *retroactive* filter o
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import DataError
 from .snapshot import Fetched
@@ -101,25 +101,32 @@ class RobotsRules:
         self.parser = Protego.parse(text if wildcard_group else _hide_wildcard_groups(text))
         self.groups = self._group(agents)
 
-    def _group(self, agents: Sequence[str]) -> List[Tuple[str, List[str]]]:
-        """(representative, agents) per robots.txt group the agents fall into: agents in one group
-        share one answer, so each group is asked once. Agents no group applies to may fetch
-        anything and are left out. Without Protego's group lookup every agent is asked."""
+    def _group(self, agents: Sequence[str]) -> List[Tuple[Any, str, List[str]]]:
+        """(rule set, representative, agents) per robots.txt group the agents fall into: agents in one
+        group share one answer, so each group is asked once, straight from its rule set. Agents no
+        group applies to may fetch anything and are left out. Without Protego's group lookup
+        (another Protego version) every agent is asked through `Protego.can_fetch`."""
         lookup = getattr(self.parser, "_get_matching_rule_set", None)
         if not callable(lookup):
-            return [(agent, [agent]) for agent in agents]
-        by_group: Dict[int, Tuple[str, List[str]]] = {}
+            return [(None, agent, [agent]) for agent in agents]
+        by_group: Dict[int, Tuple[Any, str, List[str]]] = {}
         for agent in agents:
             group = lookup(agent)
             if group is None:
                 continue
-            by_group.setdefault(id(group), (agent, []))[1].append(agent)
+            rule_set = group if callable(getattr(group, "can_fetch", None)) else None
+            by_group.setdefault(id(group), (rule_set, agent, []))[2].append(agent)
         return list(by_group.values())
 
     def disallowed(self, url: str) -> List[str]:
         """The agents that may not fetch `url`."""
         out: List[str] = []
-        for representative, members in self.groups:
-            if not self.parser.can_fetch(url, representative):
+        via_parser = "/robots.txt" in url  # Protego's own answer for robots.txt itself
+        for rule_set, representative, members in self.groups:
+            if rule_set is None or via_parser:
+                allowed = self.parser.can_fetch(url, representative)
+            else:
+                allowed = rule_set.can_fetch(url)
+            if not allowed:
                 out.extend(members)
         return out
