@@ -119,6 +119,7 @@ def _bad_corpus(path, snapshot):
         b'{"body": "no text field"}',                                  # missing_text
         b'{"text": null}',                                             # text_not_string
         b'{"text": "   "}',                                            # empty
+        b'{"text": "lone \\ud800 surrogate", "url": "https://ok.eu/s"}',  # invalid_unicode
         json.dumps({"text": odd[0], "url": "ftp://files.eu/a"}).encode(),
         json.dumps({"text": odd[1]}).encode(),
         json.dumps({"text": odd[2], "url": "https://garbage.eu/a"}).encode(),
@@ -149,8 +150,8 @@ def test_bad_input_is_counted_per_kind_never_dropped_silently(tmp_path):
     _bad_corpus(corpus, snapshot)
     manifest = prepare(_filtered_config(corpus, snapshot, tmp_path / "out", bad_records="skip"), progress=False)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    skipped = {"empty": 1, "invalid_utf8": 1, "malformed_json": 1, "missing_text": 1, "not_an_object": 1,
-               "text_not_string": 1}
+    skipped = {"empty": 1, "invalid_unicode": 1, "invalid_utf8": 1, "malformed_json": 1, "missing_text": 1,
+               "not_an_object": 1, "text_not_string": 1}
     assert manifest["documents"]["skipped"] == skipped and report["documents"]["skipped"] == skipped
     assert report["bad_input"]["examples"]["malformed_json"] == [f"{corpus}:61"]
     assert report["bad_input"]["examples"]["invalid_utf8"] == [f"{corpus}:62"]
@@ -158,7 +159,8 @@ def test_bad_input_is_counted_per_kind_never_dropped_silently(tmp_path):
     assert report["optout_signals"]["robots"] == {"ok": 60, "unparsable": 1, "4xx": 1}
     assert report["optout_signals"]["tdmrep"] == {"absent": 61, "unreadable": 1}
     # The apertus policy keeps all four odd documents: 60 + 4 kept, every record accounted for.
-    assert manifest["documents"]["kept"] == 64 and manifest["documents"]["read"] == 70
+    assert report["bad_input"]["examples"]["invalid_unicode"] == [f"{corpus}:67"]
+    assert manifest["documents"]["kept"] == 64 and manifest["documents"]["read"] == 71
     assert report["documents"]["read"] == report["documents"]["in"] + sum(skipped.values())
 
     strict = FiltersConfig(enabled=True, snapshot=str(snapshot))

@@ -7,7 +7,7 @@ fields of the record (url, lang, date, ...) are passed through unchanged.
 
 Underneath, `iter_rows(source)` yields the raw records — a JSONL line as bytes, a Parquet or
 `datasets` row as a dict — with where each came from, and `parse_record` turns one into a document
-or raises a `BadRecord` naming its kind (malformed_json, invalid_utf8, not_an_object,
+or raises a `BadRecord` naming its kind (malformed_json, invalid_utf8, invalid_unicode, not_an_object,
 missing_text, text_not_string). eurotron-prepare parses in its worker processes and, with
 ``bad_records=skip``, counts bad records per kind instead of stopping.
 """
@@ -88,6 +88,11 @@ def parse_record(raw: Any, field: str, where: str) -> Document:
             raise BadRecord("malformed_json", f"{where}: malformed JSON line ({err.msg} at column {err.colno})") from None
         if not isinstance(raw, dict):
             raise BadRecord("not_an_object", f"{where}: expected a JSON object per line, got {type(raw).__name__}")
+        try:  # json (unlike orjson) accepts escapes of lone surrogates, which no UTF-8 text can hold
+            json.dumps(raw, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise BadRecord("invalid_unicode", f"{where}: the record holds a lone surrogate "
+                                               f"({err.object[err.start:err.end]!a}), which is no Unicode text") from None
     return _document(raw, field, where)
 
 

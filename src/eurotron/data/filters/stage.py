@@ -87,6 +87,7 @@ class Stage:
         if settings.bad_records not in BAD_RECORD_POLICIES:
             raise DataError(f"bad_records={settings.bad_records!r}: must be fail or skip")
         self.lists = DomainLists(f.block_domains, f.allow_domains) if f.enabled else None
+        self.active_lists = self.lists if self.lists is not None and self.lists.active else None
         self.policy = effective_policy(f)
         self.optout: Optional[OptOutFilter] = None
         if uses_snapshot(f):
@@ -107,25 +108,26 @@ class Stage:
     # ------------------------------------------------------------------------------------ parsing
     def _parse(self, rows: Sequence[Tuple[str, Any]], result: BatchResult) -> List[Optional[Dict[str, Any]]]:
         docs: List[Optional[Dict[str, Any]]] = []
+        kinds, where_bad, field, fail = result.kinds, result.where, self.settings.text_field, \
+            self.settings.bad_records == "fail"
         for where, raw in rows:
             try:
-                doc = parse_record(raw, self.settings.text_field, where)
+                doc = parse_record(raw, field, where)
             except BadRecord as err:
-                if self.settings.bad_records == "fail":
+                if fail:
                     raise
                 docs.append(None)
-                result.kinds.append(err.kind)
-                result.where.append(where)
+                kinds.append(err.kind)
+                where_bad.append(where)
                 continue
             text = doc["text"]
             if not text or text.isspace():  # no copy, unlike strip()
                 docs.append(None)
-                result.kinds.append("empty")
-                result.where.append(None)
-                continue
-            docs.append(doc)
-            result.kinds.append("doc")
-            result.where.append(None)
+                kinds.append("empty")
+            else:
+                docs.append(doc)
+                kinds.append("doc")
+            where_bad.append(None)
         return docs
 
     # ------------------------------------------------------------------------------------- filters
@@ -143,15 +145,17 @@ class Stage:
                 reason, detail = bad_url_decision(self.policy, err.kind)
                 return None, reason, detail
             return None, None, None
-        if self.lists is not None and self.lists.active:
-            verdict = self.lists.check(parsed.host)
+        host = parsed.host
+        if self.active_lists is not None:
+            verdict = self.active_lists.check(host)
             if verdict:
-                return parsed.host, verdict, None
+                return host, verdict, None
         if self.optout is None:
-            return parsed.host, None, None
+            return host, None, None
         decision = self.optout.check(url, parsed, doc.get(f.headers_field), doc.get(f.html_field))
         origins.append((decision.robots_case, decision.tdmrep_status))
-        return parsed.host, decision.reason, decision.agents if decision.reason == "robots" else decision.detail
+        reason = decision.reason
+        return host, reason, decision.agents if reason == "robots" else decision.detail
 
     def _count_origins(self, origins: List[Tuple[str, str]], signals: Counter) -> None:
         f = self.settings.filters
@@ -171,23 +175,30 @@ class Stage:
                                             np.zeros(0, bool)), pii={})
         docs = self._parse(rows, result)
         f = self.settings.filters
-        result.langs = [d.get(f.lang_field) if d is not None else None for d in docs]
-        result.dates = [d.get(f.date_field) if d is not None else None for d in docs]
-        texts: List[Optional[str]] = [d["text"] if d is not None else None for d in docs]
+        lang_field, date_field, url_field = f.lang_field, f.date_field, f.url_field
+        langs, dates, texts = result.langs, result.dates, []
         hosts, reasons, details, chars, candidates = (result.hosts, result.reasons, result.details, result.chars,
                                                       result.candidates)
         origins: List[Tuple[str, str]] = []
+        check = self._filter if self.enabled else None
         for i, doc in enumerate(docs):
             if doc is None:
+                langs.append(None)
+                dates.append(None)
+                texts.append(None)
                 continue
-            chars[i] = len(doc["text"])
-            if self.enabled:
-                hosts[i], reason, details[i] = self._filter(doc, result.signals, origins)
+            text = doc["text"]
+            langs.append(doc.get(lang_field))
+            dates.append(doc.get(date_field))
+            texts.append(text)
+            chars[i] = len(text)
+            if check is not None:
+                hosts[i], reason, detail = check(doc, result.signals, origins)
                 if reason is not None:
-                    reasons[i] = reason
+                    reasons[i], details[i] = reason, detail
                     continue
             else:
-                hosts[i] = _host_or_none(doc.get(f.url_field))
+                hosts[i] = _host_or_none(doc.get(url_field))
             candidates.append(i)
         self._count_origins(origins, result.signals)
         kept_texts = [texts[i] for i in result.candidates]
