@@ -678,6 +678,54 @@ fail:
     return NULL;
 }
 
+/* ------------------------------------------------------------------------------------- strings */
+
+/* join_utf8(texts, separator, ends) -> bytes
+ * The UTF-8 of every str in `texts` back to back, each followed by `separator`, and the cumulative
+ * ends (separator included) into `ends` (int64): [t.encode() for t in texts] joined, without the
+ * intermediate bytes objects. It reads each str's own UTF-8, which CPython keeps on a non-ASCII
+ * str once asked (an ASCII str is its UTF-8), so later consumers of the same str (the next call
+ * here, SentencePiece) do not encode it again. Lone surrogates raise UnicodeEncodeError, as encode(). */
+static PyObject *join_utf8(PyObject *self, PyObject *args) {
+    PyObject *texts, *o_ends, *seq = NULL, *out = NULL;
+    Py_buffer sep;
+    if (!PyArg_ParseTuple(args, "Oy*O:join_utf8", &texts, &sep, &o_ends)) return NULL;
+    Buffers b = {.count = 0};
+    int64_t *ends;
+    Py_ssize_t nends, total = 0;
+    if (get(&b, o_ends, 8, 1, "ends", (void **)&ends, &nends)) goto done;
+    seq = PySequence_Fast(texts, "texts: expected a sequence of str");
+    if (!seq) goto done;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (check_len(nends, n, "ends")) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        Py_ssize_t len;
+        if (!PyUnicode_Check(item)) {
+            PyErr_Format(PyExc_TypeError, "texts[%zd]: expected str, got %.80s", i, Py_TYPE(item)->tp_name);
+            goto done;
+        }
+        if (!PyUnicode_AsUTF8AndSize(item, &len)) goto done;
+        total += len + sep.len;
+        ends[i] = total;
+    }
+    out = PyBytes_FromStringAndSize(NULL, total);
+    if (!out) goto done;
+    char *dst = PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t len;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(PySequence_Fast_GET_ITEM(seq, i), &len);  /* kept from above */
+        memcpy(dst, utf8, len);
+        memcpy(dst + len, sep.buf, sep.len);
+        dst += len + sep.len;
+    }
+done:
+    Py_XDECREF(seq);
+    PyBuffer_Release(&sep);
+    release_all(&b);
+    return out;
+}
+
 /* ----------------------------------------------------------------------------------- key sets */
 
 /* Deduplicator's sets of uint64 keys: open addressing with linear probing in a uint64 table of
@@ -809,6 +857,7 @@ static PyMethodDef methods[] = {
     {"exact_keys", exact_keys, METH_VARARGS, "BLAKE2b-64 of each text's words (texts with words)."},
     {"pii_gates", pii_gates, METH_VARARGS, "pii._gates' per-text flags from the joined texts."},
     {"flatten_ids", flatten_ids, METH_VARARGS, "Token id lists, each followed by EOS, into one array."},
+    {"join_utf8", join_utf8, METH_VARARGS, "The UTF-8 of many str, joined, with their cumulative ends."},
     {"set_add_keys", set_add_keys, METH_VARARGS, "Add uint64 keys to a KeyTable's slots; how many were new."},
     {"dedup_decide", dedup_decide, METH_VARARGS, "Deduplicator.decide on KeyTables, in order."},
     {NULL, NULL, 0, NULL}};

@@ -56,3 +56,15 @@ def flatten_token_ids(ids: Sequence[Sequence[int]], eos: int, vocab_size: int,
                     raise ValueError(f"token id {token!r} (text {i}) does not fit the output's items (< {limit})")
         raise ValueError("token ids: not a sequence of int sequences")
     return flat, ends
+
+
+def join_utf8(texts: Sequence[str], separator: bytes = b"") -> Tuple[bytes, np.ndarray]:
+    """The UTF-8 of `texts` back to back, each followed by `separator`, and the cumulative ends
+    (int64, separator included). The C path reuses the UTF-8 CPython keeps on each str, so the
+    next consumer of the same strings gets it for free."""
+    ends = np.empty(len(texts), dtype=np.int64)
+    if available():
+        return ext.join_utf8(texts, separator, ends), ends
+    encoded = [t.encode("utf-8") for t in texts]
+    np.cumsum([len(e) + len(separator) for e in encoded], out=ends)
+    return separator.join(encoded) + (separator if encoded else b""), ends

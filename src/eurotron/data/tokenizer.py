@@ -292,7 +292,7 @@ def build_hf_tokenizer(model_file: Path | str):
     or byte piece (e.g. "<s>", "<0x41>") where SentencePiece would not; all other text agrees.
     """
     import sentencepiece as spm
-    from tokenizers import AddedToken, Tokenizer as FastTokenizer, decoders, normalizers
+    from tokenizers import AddedToken, Tokenizer as FastTokenizer, decoders
     from tokenizers.models import BPE, Unigram
 
     sp = spm.SentencePieceProcessor(model_file=str(model_file))

@@ -27,7 +27,7 @@ import functools
 import hashlib
 import unicodedata
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -61,15 +61,20 @@ class WordBatch:
     word_ends: np.ndarray  # ... and ends (at its space)
     per_text: np.ndarray  # words per text
     first_word: np.ndarray  # index of each text's first word
-    encoded: List[bytes]
+    raw: bytes  # the texts' UTF-8 (NFC), each followed by "\n"
+    text_ends: np.ndarray  # where each text's "\n" ends in `raw`
 
     @classmethod
     def of(cls, texts: Sequence[str]) -> "WordBatch":
-        encoded = [(t if t.isascii() else unicodedata.normalize("NFC", t)).encode("utf-8") for t in texts]
-        raw = b"\n".join(encoded) + b"\n"
-        text_ends = np.cumsum([len(e) + 1 for e in encoded], dtype=np.int64)
-        layout = _native_layout if encoded and native.available() else _numpy_layout
-        return cls(*layout(raw, text_ends), encoded)
+        # normalize() returns an NFC text itself, whose UTF-8 CPython may already hold (join_utf8).
+        raw, text_ends = native.join_utf8([t if t.isascii() else unicodedata.normalize("NFC", t) for t in texts],
+                                          b"\n")
+        layout = _native_layout if len(texts) and native.available() else _numpy_layout
+        return cls(*layout(raw, text_ends), raw, text_ends)
+
+    def text_bytes(self, i: int) -> bytes:
+        """Text `i`'s UTF-8 (NFC)."""
+        return self.raw[int(self.text_ends[i - 1]) if i else 0:int(self.text_ends[i]) - 1]
 
 
 Layout = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -113,15 +118,15 @@ def exact_keys(texts: Sequence[str], batch: Optional[WordBatch] = None) -> np.nd
         out = np.empty(len(b.per_text), dtype=np.uint64)
         native.ext.exact_keys(b.clean, b.word_starts, b.word_ends, b.per_text, b.first_word, out)
         for i in np.flatnonzero(b.per_text == 0).tolist():
-            out[i] = _blake64(b"\x00" + b.encoded[i])
+            out[i] = _blake64(b"\x00" + b.text_bytes(i))
         return out
     per_text, has = b.per_text.tolist(), b.per_text > 0
     starts, ends = np.zeros(len(per_text), np.int64), np.zeros(len(per_text), np.int64)
     starts[has] = b.word_starts[b.first_word[has]]
     ends[has] = b.word_ends[(b.first_word + b.per_text - 1)[has]]
     clean = b.clean.tobytes()
-    return np.array([_blake64(clean[a:z] if n else b"\x00" + e)
-                     for n, a, z, e in zip(per_text, starts.tolist(), ends.tolist(), b.encoded)], dtype=np.uint64)
+    return np.array([_blake64(clean[a:z] if n else b"\x00" + b.text_bytes(i))
+                     for i, (n, a, z) in enumerate(zip(per_text, starts.tolist(), ends.tolist()))], dtype=np.uint64)
 
 
 def exact_key(text: str) -> int:

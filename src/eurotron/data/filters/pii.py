@@ -156,9 +156,7 @@ def _gates(texts: Sequence[str]) -> Dict[str, np.ndarray]:
     """Per kind, which texts could hold a match: necessary conditions checked for the whole batch at
     once, so that the regexes only run where they can find something. Every check starts from the
     digits (or a rare character), so its cost is a few passes over the bytes (one in C)."""
-    encoded = [t.encode("utf-8") for t in texts]
-    data = b"".join(encoded)
-    ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)
+    data, ends = native.join_utf8(texts)
     n = len(texts)
     if len(data) < 4:
         return {kind: np.ones(n, dtype=bool) for kind in KINDS}
