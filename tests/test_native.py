@@ -238,3 +238,67 @@ def test_the_extension_checks_its_buffers():
         ext.flatten_ids([[1]], 0, 10, np.empty(2, np.uint8), np.empty(1, np.int64))
     with pytest.raises(TypeError):
         ext.flatten_ids([[1.5]], 0, 10, np.empty(2, np.uint16), np.empty(1, np.int64))
+
+
+# ------------------------------------------------------------------------------- strings and URLs
+NFC_EDGES = [
+    "Cafe\u0301 au lait",          # a decomposed accent: composes
+    "Ångström \u212b",              # ANGSTROM SIGN: a singleton decomposition
+    "\u1100\u1161\u11a8 \uac00\u11a8",  # Hangul jamo, and a syllable followed by a final consonant
+    "\u0391\u0301 \u0387 \u037e",  # Greek with a combining acute, ANO TELEIA, Greek question mark
+    "\uf900 \u2126 \u00c5",         # a CJK compatibility ideograph, OHM SIGN, Latin-1 Å
+    "e\u0327\u0301 a\u0301\u0327",  # combining marks in two orders (reordering)
+    "plain ascii", "", "Latin-1 only: déjà vu, Straße", "Кириллица и ελληνικά", "emoji \U0001f600 astral",
+]
+
+
+@needs_ext
+def test_nfc_matches_unicodedata_on_edges_and_random_text(monkeypatch):
+    import unicodedata
+
+    rng = random.Random(5)
+    pool = [chr(c) for c in (*range(0x20, 0x250), *range(0x300, 0x370), *range(0x370, 0x500), *range(0x1100, 0x1200),
+                             *range(0xAC00, 0xAC40), 0x212B, 0x2126, 0xF900, 0x1F600)]
+    texts = NFC_EDGES + ["".join(rng.choice(pool) for _ in range(rng.randrange(1, 12))) for _ in range(20000)]
+    fast, slow = both(monkeypatch, lambda: native.nfc(texts))
+    assert fast == slow == [unicodedata.normalize("NFC", t) for t in texts]
+
+
+@needs_ext
+def test_join_utf8_matches_encode_and_join(monkeypatch):
+    texts = NFC_EDGES * 3
+    for separator in (b"", b"\n"):
+        (data, ends), (slow_data, slow_ends) = both(monkeypatch, lambda: native.join_utf8(texts, separator))
+        assert data == slow_data == separator.join(t.encode() for t in texts) + separator
+        assert_same(ends, slow_ends)
+    with pytest.raises(UnicodeEncodeError):
+        native.join_utf8(["lone \ud800"])
+    with pytest.raises(TypeError, match=r"texts\[1\]"):
+        native.join_utf8(["a", b"b"])
+
+
+@needs_ext
+def test_url_fast_path_in_c_equals_the_regex_one(monkeypatch):
+    from eurotron.data.filters import urls
+
+    rng = random.Random(2)
+    alphabet = "aZ09.-:/?#@[]_%ü \t"
+    prefixes = ["http://", "https://", "HTTP://", "hTtPs://", "ftp://", "http:/", "https://a.eu:", "https://a.",
+                "http://x.y:", "https://1.2.3.4:", "https://a.b.c"]
+    cases = ["http://" + "a" * 300 + ".eu/", "http://a.eu:\u0661\u0662/", "HtTp://A.B.C.:0/?", "https://a.eu:65535",
+             "https://a.eu:65536", "https://a.eu:000443/x", "https://a.eu?q#f", "http://a.eu:123456/", None, 7, " "]
+    cases += [rng.choice(prefixes) + "".join(rng.choice(alphabet) for _ in range(rng.randrange(15)))
+              for _ in range(50000)]
+
+    def parsed(url):
+        try:
+            return tuple(urls.parse_url(url))
+        except urls.BadUrl as err:
+            return "bad", err.kind
+
+    assert urls._native_split is not None
+    fast = [parsed(url) for url in cases]
+    monkeypatch.setattr(urls, "_native_split", None)
+    assert fast == [parsed(url) for url in cases]
+    with pytest.raises(TypeError):
+        native.ext.split_http_url("https://münchen.de/")

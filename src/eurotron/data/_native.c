@@ -726,6 +726,123 @@ done:
     return out;
 }
 
+/* nfc_stable(texts, safe, out): out[i] = 1 when texts[i] is certainly its own NFC — every character
+ * Latin-1, or in the BMP and marked in `safe` (a bitmap of 65536 bits built in dedup.py: no
+ * canonical decomposition, combining class 0, never the second of a composition), so that
+ * unicodedata.normalize can be skipped; 0 when it may not be (the caller normalises). */
+static PyObject *nfc_stable(PyObject *self, PyObject *args) {
+    PyObject *texts, *o_safe, *o_out, *seq = NULL;
+    if (!PyArg_ParseTuple(args, "OOO:nfc_stable", &texts, &o_safe, &o_out)) return NULL;
+    Buffers b = {.count = 0};
+    const uint8_t *safe;
+    uint8_t *out;
+    Py_ssize_t nsafe, nout;
+    if (get(&b, o_safe, 1, 0, "safe", (void **)&safe, &nsafe) || get(&b, o_out, 1, 1, "out", (void **)&out, &nout) ||
+        check_len(nsafe, 65536 / 8, "safe"))
+        goto fail;
+    seq = PySequence_Fast(texts, "texts: expected a sequence of str");
+    if (!seq) goto fail;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (check_len(nout, n, "out")) goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyUnicode_Check(item)) {
+            PyErr_Format(PyExc_TypeError, "texts[%zd]: expected str, got %.80s", i, Py_TYPE(item)->tp_name);
+            goto fail;
+        }
+        int kind = PyUnicode_KIND(item), stable = kind == PyUnicode_1BYTE_KIND;
+        if (kind == PyUnicode_2BYTE_KIND) {
+            const Py_UCS2 *chars = PyUnicode_2BYTE_DATA(item);
+            Py_ssize_t len = PyUnicode_GET_LENGTH(item), c = 0;
+            while (c < len && (safe[chars[c] >> 3] >> (chars[c] & 7) & 1)) c++;
+            stable = c == len;
+        }
+        out[i] = (uint8_t)stable;
+    }
+    Py_DECREF(seq);
+    release_all(&b);
+    Py_RETURN_NONE;
+fail:
+    Py_XDECREF(seq);
+    release_all(&b);
+    return NULL;
+}
+
+/* -------------------------------------------------------------------------------------------- urls */
+
+static int url_label_char(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-';
+}
+
+static char lower_ascii(char c) { return c >= 'A' && c <= 'Z' ? (char)(c + 32) : c; }
+
+/* split_http_url(url) -> (origin, host, path) or None
+ * urls.py's _fast_parse for an ASCII str, without the regex: "http(s)://" (any case), a plain host
+ * (labels of letters, digits and "-", one trailing dot allowed), an optional port of 1-5 digits up
+ * to 65535, then "/", "?", "#" or the end; None for anything else (the caller's urlsplit path). */
+static PyObject *split_http_url(PyObject *self, PyObject *arg) {
+    if (!PyUnicode_Check(arg) || !PyUnicode_IS_ASCII(arg)) {
+        PyErr_SetString(PyExc_TypeError, "split_http_url: expected an ASCII str");
+        return NULL;
+    }
+    const char *s = (const char *)PyUnicode_1BYTE_DATA(arg);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(arg), p = 0;
+    if (n < 7 || lower_ascii(s[0]) != 'h' || lower_ascii(s[1]) != 't' || lower_ascii(s[2]) != 't' ||
+        lower_ascii(s[3]) != 'p')
+        Py_RETURN_NONE;
+    p = 4;
+    int https = lower_ascii(s[p]) == 's';
+    p += https;
+    if (p + 3 > n || memcmp(s + p, "://", 3) != 0) Py_RETURN_NONE;
+    p += 3;
+    Py_ssize_t host_start = p;
+    while (p < n && url_label_char(s[p])) p++;
+    if (p == host_start) Py_RETURN_NONE;
+    while (p + 1 < n && s[p] == '.' && url_label_char(s[p + 1])) {
+        p++;
+        while (p < n && url_label_char(s[p])) p++;
+    }
+    Py_ssize_t host_end = p;
+    if (p < n && s[p] == '.') p++;
+    long port = -1;
+    if (p < n && s[p] == ':') {
+        Py_ssize_t d = p + 1;
+        while (d < n && s[d] >= '0' && s[d] <= '9' && d - p <= 6) d++;
+        if (d - p - 1 < 1 || d - p - 1 > 5) Py_RETURN_NONE;
+        port = 0;
+        for (Py_ssize_t i = p + 1; i < d; i++) port = port * 10 + (s[i] - '0');
+        p = d;
+    }
+    if (p < n && s[p] != '/' && s[p] != '?' && s[p] != '#') Py_RETURN_NONE;
+    if (port > 65535) Py_RETURN_NONE;
+    Py_ssize_t path_end = p;
+    while (path_end < n && s[path_end] != '#') path_end++;
+    char host[256], buf[512];
+    Py_ssize_t host_len = host_end - host_start;
+    if (host_len > 253) Py_RETURN_NONE;  /* longer than any domain name: let urlsplit have it */
+    for (Py_ssize_t i = 0; i < host_len; i++) host[i] = lower_ascii(s[host_start + i]);
+    int default_port = port < 0 || port == (https ? 443 : 80);
+    int origin_len = default_port ? snprintf(buf, sizeof buf, "http%s://%.*s", https ? "s" : "", (int)host_len, host)
+                                  : snprintf(buf, sizeof buf, "http%s://%.*s:%ld", https ? "s" : "", (int)host_len,
+                                             host, port);
+    PyObject *origin = PyUnicode_FromStringAndSize(buf, origin_len);
+    PyObject *host_obj = PyUnicode_FromStringAndSize(host, host_len);
+    PyObject *path;
+    if (path_end == p)
+        path = PyUnicode_FromString("/");
+    else if (s[p] == '?') {
+        PyObject *rest = PyUnicode_FromStringAndSize(s + p, path_end - p);
+        path = rest ? PyUnicode_FromFormat("/%U", rest) : NULL;
+        Py_XDECREF(rest);
+    } else
+        path = PyUnicode_FromStringAndSize(s + p, path_end - p);
+    PyObject *result = (origin && host_obj && path) ? PyTuple_Pack(3, origin, host_obj, path) : NULL;
+    Py_XDECREF(origin);
+    Py_XDECREF(host_obj);
+    Py_XDECREF(path);
+    return result;
+}
+
 /* ----------------------------------------------------------------------------------- key sets */
 
 /* Deduplicator's sets of uint64 keys: open addressing with linear probing in a uint64 table of
@@ -857,6 +974,8 @@ static PyMethodDef methods[] = {
     {"exact_keys", exact_keys, METH_VARARGS, "BLAKE2b-64 of each text's words (texts with words)."},
     {"pii_gates", pii_gates, METH_VARARGS, "pii._gates' per-text flags from the joined texts."},
     {"flatten_ids", flatten_ids, METH_VARARGS, "Token id lists, each followed by EOS, into one array."},
+    {"nfc_stable", nfc_stable, METH_VARARGS, "Which str are certainly their own NFC."},
+    {"split_http_url", split_http_url, METH_O, "urls.py's fast path: (origin, host, path) or None."},
     {"join_utf8", join_utf8, METH_VARARGS, "The UTF-8 of many str, joined, with their cumulative ends."},
     {"set_add_keys", set_add_keys, METH_VARARGS, "Add uint64 keys to a KeyTable's slots; how many were new."},
     {"dedup_decide", dedup_decide, METH_VARARGS, "Deduplicator.decide on KeyTables, in order."},

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import unicodedata
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
@@ -66,9 +65,8 @@ class WordBatch:
 
     @classmethod
     def of(cls, texts: Sequence[str]) -> "WordBatch":
-        # normalize() returns an NFC text itself, whose UTF-8 CPython may already hold (join_utf8).
-        raw, text_ends = native.join_utf8([t if t.isascii() else unicodedata.normalize("NFC", t) for t in texts],
-                                          b"\n")
+        # An NFC text comes back as itself, whose UTF-8 CPython may already hold (join_utf8).
+        raw, text_ends = native.join_utf8(native.nfc(texts), b"\n")
         layout = _native_layout if len(texts) and native.available() else _numpy_layout
         return cls(*layout(raw, text_ends), raw, text_ends)
 

@@ -12,6 +12,8 @@ import re
 from typing import NamedTuple, Optional, Union
 from urllib.parse import urlsplit
 
+from .. import native
+
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -71,13 +73,23 @@ def _fast_parse(value: str) -> Optional[ParsedUrl]:
     return ParsedUrl(f"{scheme}://{host}:{int(port)}", host, path)
 
 
+# The C version of _fast_parse for ASCII URLs (eurotron.data.native), chosen once per process:
+# parse_url runs once per document, too often to read EUROTRON_NATIVE each time.
+_native_split = native.ext.split_http_url if native.available() else None
+
+
 def parse_url(value: Union[str, object]) -> ParsedUrl:
     """Split a document URL; raises BadUrl with kind no_url, non_http_url or bad_url."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise BadUrl("no_url")
     if not isinstance(value, str):
-        raise BadUrl("bad_url", f"the URL field holds a {type(value).__name__}")
-    fast = _fast_parse(value.strip())
+        raise BadUrl("no_url") if value is None else BadUrl("bad_url", f"the URL field holds a {type(value).__name__}")
+    value = value.strip()
+    if not value:
+        raise BadUrl("no_url")
+    if _native_split is not None and value.isascii():
+        parts = _native_split(value)
+        if parts is not None:
+            return ParsedUrl(*parts)
+    fast = _fast_parse(value)
     if fast is not None:
         return fast
     try:
