@@ -257,9 +257,12 @@ def test_nfc_matches_unicodedata_on_edges_and_random_text(monkeypatch):
     import unicodedata
 
     rng = random.Random(5)
-    pool = [chr(c) for c in (*range(0x20, 0x250), *range(0x300, 0x370), *range(0x370, 0x500), *range(0x1100, 0x1200),
+    # Latin, combining marks, Greek and Cyrillic (precomposed too), Devanagari (nukta letters are
+    # composition exclusions), Hangul jamo and syllables, Vietnamese and polytonic Greek (two marks).
+    pool = [chr(c) for c in (*range(0x20, 0x250), *range(0x300, 0x370), *range(0x370, 0x500), *range(0x900, 0x980),
+                             *range(0x1100, 0x1200), *range(0x1EA0, 0x1F00), *range(0x1F00, 0x2000),
                              *range(0xAC00, 0xAC40), 0x212B, 0x2126, 0xF900, 0x1F600)]
-    texts = NFC_EDGES + ["".join(rng.choice(pool) for _ in range(rng.randrange(1, 12))) for _ in range(20000)]
+    texts = NFC_EDGES + ["".join(rng.choice(pool) for _ in range(rng.randrange(1, 12))) for _ in range(40000)]
     fast, slow = both(monkeypatch, lambda: native.nfc(texts))
     assert fast == slow == [unicodedata.normalize("NFC", t) for t in texts]
 

@@ -727,8 +727,7 @@ done:
 }
 
 /* nfc_stable(texts, safe, out): out[i] = 1 when texts[i] is certainly its own NFC — every character
- * Latin-1, or in the BMP and marked in `safe` (a bitmap of 65536 bits built in dedup.py: no
- * canonical decomposition, combining class 0, never the second of a composition), so that
+ * Latin-1, or in the BMP and marked in `safe` (65536 bits, native.py's _nfc_safe_bitmap), so that
  * unicodedata.normalize can be skipped; 0 when it may not be (the caller normalises). */
 static PyObject *nfc_stable(PyObject *self, PyObject *args) {
     PyObject *texts, *o_safe, *o_out, *seq = NULL;
