@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import orjson
 
 from ...config import FiltersConfig
 from ..errors import DataError
@@ -111,15 +112,19 @@ class Stage:
         kinds, where_bad, field, fail = result.kinds, result.where, self.settings.text_field, \
             self.settings.bad_records == "fail"
         for where, raw in rows:
-            try:
-                doc = parse_record(raw, field, where)
-            except BadRecord as err:
-                if fail:
-                    raise
-                docs.append(None)
-                kinds.append(err.kind)
-                where_bad.append(where)
-                continue
+            # The common case inline (a JSONL line holding an object with a string under "text");
+            # parse_record does the rest and names what is wrong.
+            doc = _plain_jsonl_document(raw) if field == "text" else None
+            if doc is None:
+                try:
+                    doc = parse_record(raw, field, where)
+                except BadRecord as err:
+                    if fail:
+                        raise
+                    docs.append(None)
+                    kinds.append(err.kind)
+                    where_bad.append(where)
+                    continue
             text = doc["text"]
             if not text or text.isspace():  # no copy, unlike strip()
                 docs.append(None)
@@ -243,6 +248,17 @@ class Stage:
         except ValueError as err:
             raise DataError(f"the tokenizer produced ids outside [0, {tok.vocab_size}) ({err}); its vocabulary "
                             f"size is wrong") from None
+
+
+def _plain_jsonl_document(raw: Any) -> Optional[Dict[str, Any]]:
+    """A JSONL line's object when orjson reads it and its "text" is a string, else None."""
+    if type(raw) is not bytes:
+        return None
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if type(doc) is dict and type(doc.get("text")) is str else None
 
 
 def _host_or_none(url: Any) -> Optional[str]:
