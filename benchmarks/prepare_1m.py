@@ -6,7 +6,8 @@ default filters (demo opt-out snapshot, PII, exact + near dedup), a SentencePiec
 on the first ``--training-chars`` characters, and ``num_workers`` worker processes — while a poller
 reads the resident set size of the command and of each of its worker processes from /proc every
 half second. Memory stays flat as the corpus streams through: what grows with the corpus is only the
-dedup index (8 bytes per key, 1 + bands keys per kept document) and the report's domain counts.
+dedup index (1 + bands keys per kept document: hash tables of 11-23 bytes per key with the C
+extension, sorted runs of 8 bytes per key without) and the report's domain counts.
 
     python benchmarks/prepare_1m.py                         # 1,000,000 documents, 2 workers
     python benchmarks/prepare_1m.py --docs 2000000 --workers 8 --work-dir /scratch/bench
