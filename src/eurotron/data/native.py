@@ -1,9 +1,11 @@
 """The C extension `eurotron.data._native` (built by setup.py), when it is there and wanted.
 
-It does the per-document byte loops of eurotron-prepare (word layout, dedup keys, PII gates,
-flattening token ids) in one or two passes, bit for bit as the numpy code beside each caller, which
-stays the reference and the fallback: ``EUROTRON_NATIVE=0`` forces the numpy paths (read at each
-call, so tests and worker processes can switch).
+It does the per-document loops of eurotron-prepare that numpy can only batch at a cost: the word
+layout and dedup keys (dedup.py), the dedup decisions (dedup_index.py), the PII gates (pii.py), the
+fast path of URL splitting (urls.py), and here: flattening token ids, joining texts' UTF-8, telling
+which texts are NFC already. Each gives the same output as the numpy/Python code beside its caller,
+which stays the reference and the fallback: ``EUROTRON_NATIVE=0`` forces those paths (read at each
+call, so tests and worker processes can switch; URL splitting reads it once per process).
 """
 
 from __future__ import annotations

@@ -67,6 +67,19 @@ class BadRecord(DataError):
         self.kind = kind
 
 
+def plain_jsonl_document(raw: Any) -> Optional[Document]:
+    """The common case of `parse_record(raw, "text", ...)` without its checks: a JSONL line that
+    orjson reads as an object whose "text" is a string; None for anything else (parse_record then
+    accepts it or names what is wrong)."""
+    if type(raw) is not bytes:
+        return None
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if type(doc) is dict and type(doc.get("text")) is str else None
+
+
 def parse_record(raw: Any, field: str, where: str) -> Document:
     """A raw record (a JSONL line's bytes, or a row dict) as a document; raises BadRecord."""
     if isinstance(raw, (bytes, bytearray)):

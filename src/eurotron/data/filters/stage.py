@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import orjson
 
 from ...config import FiltersConfig
 from ..errors import DataError
-from ..readers import BadRecord, parse_record
+from ..readers import BadRecord, parse_record, plain_jsonl_document
 from .dedup import DedupKeys, WordBatch, MinHasher, exact_keys
 from .lists import DomainLists
 from .optout import OptOutFilter, bad_url_decision
@@ -114,7 +113,7 @@ class Stage:
         for where, raw in rows:
             # The common case inline (a JSONL line holding an object with a string under "text");
             # parse_record does the rest and names what is wrong.
-            doc = _plain_jsonl_document(raw) if field == "text" else None
+            doc = plain_jsonl_document(raw) if field == "text" else None
             if doc is None:
                 try:
                     doc = parse_record(raw, field, where)
@@ -248,17 +247,6 @@ class Stage:
         except ValueError as err:
             raise DataError(f"the tokenizer produced ids outside [0, {tok.vocab_size}) ({err}); its vocabulary "
                             f"size is wrong") from None
-
-
-def _plain_jsonl_document(raw: Any) -> Optional[Dict[str, Any]]:
-    """A JSONL line's object when orjson reads it and its "text" is a string, else None."""
-    if type(raw) is not bytes:
-        return None
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return doc if type(doc) is dict and type(doc.get("text")) is str else None
 
 
 def _host_or_none(url: Any) -> Optional[str]:
