@@ -64,7 +64,7 @@ SEMANTIC_ERRORS = [
     (["parallel.sequence_parallel=true"], "parallel.sequence_parallel", "tp"),
     (["parallel.pp_schedule=zero_bubble_magic"], "parallel.pp_schedule", "one of"),
     (["loss.name=focal"], "loss.name='focal'", "one of"),
-    (["loss.name=goldfish", "loss.k=0"], "loss.k=0", ">= 1"),
+    (["loss.name=goldfish", "loss.k=0"], "loss.k=0", ">= 2"),
     (["scheduler.warmup_steps=1000"], "scheduler.warmup_steps=1000", "train.steps"),
     (["scheduler.name=linear"], "scheduler.name='linear'", "one of"),
     (["optim.beta2=1.5"], "optim.beta2=1.5", "[0, 1)"),

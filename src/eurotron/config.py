@@ -9,12 +9,16 @@ limits, consistency between groups) before any work starts, and names the bad va
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException, ValidationError
+from omegaconf.nodes import BooleanNode
 
 from .errors import UserError
 
@@ -555,6 +559,21 @@ class SummaryConfig:
 
 
 _REGISTERED = False
+
+
+def _strict_bool(self: BooleanNode, value: Any) -> bool:
+    """OmegaConf reads 2, "2", "yes" and "on" as true; a switch here takes true or false only, so a
+    mistyped value (data.shuffle=2) is an error at composition instead of a silent `true`."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValidationError(f"Value '{value}' is not a valid bool (type {type(value).__name__}): write true or false")
+
+
+def strict_booleans() -> None:
+    """Make every boolean config node strict (idempotent; applies to all OmegaConf configs of the process)."""
+    BooleanNode._validate_and_convert_impl = _strict_bool  # type: ignore[method-assign]
 # Nested schemas by class name (fields are annotated as strings under `from __future__ import annotations`).
 _SCHEMAS_BY_NAME = {
     cls.__name__: cls
@@ -572,6 +591,7 @@ def register_configs() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
+    strict_booleans()
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="prepare_schema", node=PrepareConfig)
@@ -601,14 +621,41 @@ def _reject_unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> No
             _reject_unknown_keys(child, child_schema, dotted + ".")
 
 
+def load_config_file(path: "str | os.PathLike[str]", what: str = "config file") -> DictConfig:
+    """Read a saved YAML config (--config-file, a checkpoint's config.yaml): a missing file, broken YAML
+    or a file that is not a mapping is one ConfigError naming the file, never a parser traceback."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{what} {file} does not exist (or is not a file)")
+    try:
+        loaded = OmegaConf.load(file)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{what} {file} is not valid YAML{where}: {problem}; fix or regenerate the file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{what} {file} cannot be read: {err}") from None
+    except Exception as err:  # omegaconf rejects some valid YAML (e.g. non-string keys)
+        raise ConfigError(f"{what} {file} is not a valid config: {str(err).splitlines()[0]}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{what} {file} holds a YAML list, not a mapping of config keys; "
+                          f"pass a config.yaml written by eurotron (e.g. <run_dir>/config.yaml)")
+    return loaded
+
+
 def to_object(cfg: DictConfig | Any, schema: type = TrainConfig) -> Any:
     """Turn a composed DictConfig into typed dataclasses (merging onto the schema first)."""
     if isinstance(cfg, schema):
         return cfg
     if isinstance(cfg, DictConfig):
         _reject_unknown_keys(cfg, schema)
-    merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
     try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
         return OmegaConf.to_object(merged)
     except MissingMandatoryValue as err:
         raise ConfigError(f"{err.full_key} is required but not set; pass {err.full_key}=<value>") from None
+    except OmegaConfBaseException as err:  # a saved file bypasses Hydra's checks: wrong types, bad interpolations
+        key = getattr(err, "full_key", None)
+        message = str(err).splitlines()[0]
+        raise ConfigError(f"{key}: {message}" if key else message) from None

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
-from omegaconf import OmegaConf
 
-from .config import TrainConfig, to_object
+from .config import TrainConfig, load_config_file, to_object
 from .model import build_model
 from .train.checkpoint import CONFIG_FILE, load_checkpoint, resolve_checkpoint
 
@@ -16,7 +15,7 @@ from .train.checkpoint import CONFIG_FILE, load_checkpoint, resolve_checkpoint
 def load_model_from_checkpoint(path: Path, device: str = "cpu") -> Tuple[torch.nn.Module, TrainConfig, Path]:
     """Build the model a checkpoint was trained with and load its weights (any layout that wrote it)."""
     ckpt = resolve_checkpoint(Path(path))
-    cfg: TrainConfig = to_object(OmegaConf.load(ckpt / CONFIG_FILE), TrainConfig)
+    cfg: TrainConfig = to_object(load_config_file(ckpt / CONFIG_FILE, "checkpoint config"), TrainConfig)
     model = build_model(cfg.model, device="meta")
     model.to_empty(device=device)
     model.init_weights(seed=0)

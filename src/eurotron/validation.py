@@ -7,7 +7,9 @@ reported at once, each line naming the key, its value and the fix.
 
 from __future__ import annotations
 
-from typing import Iterable, List, Optional
+import dataclasses
+import math
+from typing import Any, Iterable, List, Optional
 
 from .config import ConfigError, TrainConfig
 from .model.linear import CPU_MATMUL_BACKENDS, onednn_available
@@ -39,9 +41,11 @@ class _Problems:
 
     def __init__(self) -> None:
         self.lines: List[str] = []
+        self.nonfinite: set = set()  # keys already reported as inf/nan: no second line about their range
 
     def add(self, key: str, value: object, fix: str) -> None:
-        self.lines.append(f"{key}={value!r}: {fix}")
+        if key not in self.nonfinite:
+            self.lines.append(f"{key}={value!r}: {fix}")
 
     def choice(self, key: str, value: str, allowed: Iterable[str]) -> None:
         allowed = tuple(allowed)
@@ -49,6 +53,8 @@ class _Problems:
             self.add(key, value, f"must be one of {', '.join(allowed)}")
 
     def positive(self, key: str, value: float, *, allow_zero: bool = False) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False  # reported by _check_finite
         ok = value >= 0 if allow_zero else value > 0
         if not ok:
             self.add(key, value, "must be " + ("zero or positive" if allow_zero else "positive"))
@@ -57,6 +63,27 @@ class _Problems:
     def raise_if_any(self) -> None:
         if self.lines:
             raise ConfigError("invalid config:\n  " + "\n  ".join(self.lines))
+
+
+def _check_finite(node: Any, prefix: str, p: _Problems) -> None:
+    """Every float of the config is a finite number: inf or nan reaches no optimizer, norm or schedule."""
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            _check_finite(getattr(node, f.name), f"{prefix}.{f.name}" if prefix else f.name, p)
+    elif isinstance(node, (list, tuple)):
+        for i, item in enumerate(node):
+            _check_finite(item, f"{prefix}[{i}]", p)
+    elif isinstance(node, dict):
+        for key, item in node.items():
+            _check_finite(item, f"{prefix}.{key}", p)
+    elif isinstance(node, float) and not math.isfinite(node):
+        p.add(prefix, node, "must be a finite number")
+        p.nonfinite.add(prefix)
+
+
+# RoPE base: below 1 the frequencies grow with the channel index; far above the largest published
+# long-context bases (~1e10) the lowest frequencies underflow and those channels stop encoding position.
+ROPE_THETA_RANGE = (1.0, 1e12)
 
 
 def _check_model(cfg: TrainConfig, p: _Problems) -> None:
@@ -75,9 +102,13 @@ def _check_model(cfg: TrainConfig, p: _Problems) -> None:
             p.positive("model.max_seq_len", m.max_seq_len),
         ]
     )
-    p.positive("model.norm_eps", m.norm_eps)
-    p.positive("model.rope_theta", m.rope_theta)
-    p.positive("model.init_std", m.init_std)
+    if p.positive("model.norm_eps", m.norm_eps) and m.norm_eps >= 0.1:
+        p.add("model.norm_eps", m.norm_eps, "must be below 0.1 (RMSNorm's epsilon; Llama uses 1e-5 or 1e-6)")
+    if math.isfinite(m.rope_theta) and not ROPE_THETA_RANGE[0] < m.rope_theta <= ROPE_THETA_RANGE[1]:
+        p.add("model.rope_theta", m.rope_theta,
+              f"must be in ({ROPE_THETA_RANGE[0]:g}, {ROPE_THETA_RANGE[1]:g}] (Llama 2: 10000, Llama 3: 500000)")
+    if p.positive("model.init_std", m.init_std) and m.init_std >= 1.0:
+        p.add("model.init_std", m.init_std, "must be below 1 (the std of the initial weights; Llama uses 0.02)")
     if not sizes_ok:
         return
     if m.num_heads % m.num_kv_heads:
@@ -184,6 +215,7 @@ def _check_data(cfg: TrainConfig, p: _Problems) -> None:
     if not d.path or d.path == "???":
         p.add("data.path", d.path, "set it to a directory written by eurotron-prepare")
     _check_blend(d.blend, p)
+    p.positive("data.seed", d.seed, allow_zero=True)
     ok = p.positive("data.seq_len", d.seq_len)
     ok = p.positive("data.global_batch_size", d.global_batch_size) and ok
     ok = p.positive("data.micro_batch_size", d.micro_batch_size) and ok
@@ -220,10 +252,10 @@ def _check_blend(blend, p: _Problems) -> None:
 
 def _check_loss_optim_schedule(cfg: TrainConfig, p: _Problems) -> None:
     p.choice("loss.name", cfg.loss.name, LOSSES)
+    p.choice("loss.strategy", cfg.loss.strategy, GOLDFISH_STRATEGIES)
     if cfg.loss.name == "goldfish":
-        p.choice("loss.strategy", cfg.loss.strategy, GOLDFISH_STRATEGIES)
-        if cfg.loss.k < 1:
-            p.add("loss.k", cfg.loss.k, "must be >= 1 (one token in k is dropped)")
+        if cfg.loss.k < 2:
+            p.add("loss.k", cfg.loss.k, "must be >= 2 (one token in k is dropped; k=1 would drop every token)")
         if cfg.loss.h < 1:
             p.add("loss.h", cfg.loss.h, "must be >= 1 (the hash window length)")
         if cfg.loss.start < 0:
@@ -255,6 +287,7 @@ def _check_loss_optim_schedule(cfg: TrainConfig, p: _Problems) -> None:
 
 def _check_run(cfg: TrainConfig, p: _Problems) -> None:
     p.positive("train.steps", cfg.train.steps)
+    p.positive("train.seed", cfg.train.seed, allow_zero=True)
     p.positive("train.stop_after", cfg.train.stop_after, allow_zero=True)
     p.choice("train.precision", cfg.train.precision, PRECISIONS)
     p.positive("checkpoint.every", cfg.checkpoint.every, allow_zero=True)
@@ -286,6 +319,7 @@ def _check_run(cfg: TrainConfig, p: _Problems) -> None:
 def validate_train_config(cfg: TrainConfig, world_size: Optional[int] = None) -> None:
     """Raise ConfigError listing every problem; `world_size` is checked against the mesh when given."""
     p = _Problems()
+    _check_finite(cfg, "", p)
     _check_model(cfg, p)
     _check_parallel(cfg, p)
     _check_parallel_composition(cfg, p)

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any, Dict
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from ..config import TrainConfig
@@ -27,26 +25,15 @@ from ..launch.sweep import SweepPoint, record_point
 from ..launch.validation import check_launch
 from ..paths import config_dir
 from ..plan.memory import GiB, estimate_memory
-from .common import exit_on_user_error, resolved_yaml, typed_config
+from .common import check_experiment_names, exit_on_user_error, resolved_yaml, sweep_context, typed_config
 
 APP = "eurotron-launch"
 
 
-def _hydra_context():
-    if not HydraConfig.initialized():
-        return None, False, []
-    hc = HydraConfig.get()
-    return hc, hc.mode == RunMode.MULTIRUN, list(hc.overrides.task)
-
-
-def _overrides_key(overrides, key: str) -> bool:
-    return any(o.split("=", 1)[0].lstrip("+~") == key for o in overrides)
-
-
 def run(cfg: DictConfig) -> Dict[str, Any]:
-    hc, multirun, overrides = _hydra_context()
-    if multirun and not _overrides_key(overrides, "run_dir"):
-        cfg.run_dir = hc.runtime.output_dir  # every point of a sweep gets <sweep dir>/<n>
+    sweep = sweep_context()
+    if sweep is not None and not sweep.run_dir_overridden:
+        cfg.run_dir = sweep.point_dir  # every point of a sweep gets <sweep dir>/<n>
     cfg.run_dir = str(Path(str(cfg.run_dir)).expanduser().absolute())
     train_cfg: TrainConfig = typed_config(cfg, TrainConfig)
     dry_run = train_cfg.launch.dry_run
@@ -79,16 +66,20 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         chained = " (each after the previous one ends)" if len(submission.job_ids) > 1 else ""
         print(f"{APP}: submitted job {', '.join(submission.job_ids)}{chained}: {shape}\n"
               f"  run dir: {run_dir}\n  logs:    {run_dir / 'logs'}", flush=True)
-    if multirun:
-        record_point(Path(str(hc.sweep.dir)).absolute(),
-                     SweepPoint(num=hc.job.num, overrides=overrides, run_dir=str(run_dir),
-                                job_ids=result["job_ids"], dry_run=dry_run))
+    if sweep is not None:
+        record_point(sweep.sweep_dir, SweepPoint(num=sweep.num, overrides=sweep.overrides, run_dir=str(run_dir),
+                                                 job_ids=result["job_ids"], dry_run=dry_run))
     return result
 
 
 @hydra.main(version_base=None, config_path=str(config_dir()), config_name="launch")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     exit_on_user_error(APP, lambda: run(cfg))
+
+
+def main() -> None:
+    exit_on_user_error(APP, lambda: check_experiment_names(sys.argv[1:]))
+    hydra_main()
 
 
 if __name__ == "__main__":

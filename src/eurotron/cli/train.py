@@ -12,21 +12,26 @@ from __future__ import annotations
 import sys
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from ..config import ConfigError, TrainConfig
+from ..config import ConfigError, TrainConfig, load_config_file
 from ..paths import config_dir
 from ..parallel.env import process_env
 from ..validation import validate_train_config
-from .common import exit_on_user_error, resolved_yaml, typed_config
+from ..launch.sweep import SweepPoint, record_point
+from .common import check_experiment_names, exit_on_user_error, resolved_yaml, sweep_context, typed_config
 
 APP = "eurotron-train"
 CONFIG_FILE_FLAG = "--config-file"
 
 
 def run(cfg: DictConfig) -> dict:
+    sweep = sweep_context()
+    if sweep is not None and not sweep.run_dir_overridden:
+        cfg.run_dir = sweep.point_dir  # each point its own run dir: <run_dir>/<n>, never a shared one
     train_cfg: TrainConfig = typed_config(cfg, TrainConfig)
-    validate_train_config(train_cfg, world_size=process_env().world_size)
+    env = process_env()
+    validate_train_config(train_cfg, world_size=env.world_size)
     from ..train import preemption
     from ..train.trainer import Trainer  # heavy imports only after the config is known to be good
 
@@ -34,6 +39,10 @@ def run(cfg: DictConfig) -> dict:
     result = Trainer(train_cfg, resolved_yaml(cfg)).fit()
     _shut_down_process_group()
     preemption.finish()
+    if sweep is not None and env.rank == 0:
+        record_point(sweep.sweep_dir, SweepPoint(
+            num=sweep.num, overrides=sweep.overrides, run_dir=train_cfg.run_dir,
+            final_step=result.get("step"), final_loss=result.get("loss"), final_eval_loss=result.get("eval_loss")))
     return result
 
 
@@ -62,7 +71,7 @@ def run_config_file(args: list) -> dict:
     if len(args) != 1:
         raise ConfigError(f"{CONFIG_FILE_FLAG} takes exactly one path and no overrides (got {args}); "
                           f"edit the file or compose a new config with overrides instead")
-    return run(OmegaConf.load(args[0]))
+    return run(load_config_file(args[0], what=CONFIG_FILE_FLAG))
 
 
 @hydra.main(version_base=None, config_path=str(config_dir()), config_name="train")
@@ -74,6 +83,7 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == CONFIG_FILE_FLAG:
         exit_on_user_error(APP, lambda: run_config_file(sys.argv[2:]))
     else:
+        exit_on_user_error(APP, lambda: check_experiment_names(sys.argv[1:]))
         hydra_main()
     _exit_after_distributed_run()
 

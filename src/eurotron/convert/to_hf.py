@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import ModelConfig
+from ..config import ModelConfig, load_config_file
 from ..train.checkpoint import CONFIG_FILE, SHARDS_DIR, TOKENIZER_DIR, TRAINER_FILE, resolve_checkpoint
 from .dcp_reader import DCPTensorReader
 from .errors import ConvertError
@@ -52,7 +52,7 @@ def load_run_config(ckpt: Path) -> Tuple[ModelConfig, Optional[DictConfig]]:
     file = ckpt / CONFIG_FILE
     if not file.is_file():
         raise ConvertError(f"{ckpt} has no {CONFIG_FILE}; the model config is needed to name and check the tensors")
-    raw = OmegaConf.load(file)
+    raw = load_config_file(file, "checkpoint config")
     if "model" not in raw:
         raise ConvertError(f"{file} has no model section")
     try:

@@ -1,4 +1,5 @@
-"""Sweep summary of `eurotron-launch -m ...`: one line per point (job ids, overrides, run dir).
+"""Sweep summary of `eurotron-launch -m ...` (job ids, overrides, run dir per point) and of
+`eurotron-train -m ...` (overrides, run dir, final losses per point).
 
 Hydra's basic launcher runs the points one after another in this process; each point records itself
 here and the summary (sweep.json + sweep.md in the sweep directory) is rewritten after every point, so
@@ -26,6 +27,10 @@ class SweepPoint:
     run_dir: str
     job_ids: List[str] = field(default_factory=list)
     dry_run: bool = False
+    # eurotron-train: the last logged training step and its losses (None: not trained in this process).
+    final_step: Optional[int] = None
+    final_loss: Optional[float] = None
+    final_eval_loss: Optional[float] = None
 
 
 _points: List[SweepPoint] = []
@@ -46,12 +51,24 @@ def record_point(sweep_dir: Path, point: SweepPoint) -> None:
 def format_table(points: List[SweepPoint]) -> str:
     """Markdown table; the overrides column shows what varies between points (all of them in sweep.json)."""
     common = set.intersection(*(set(p.overrides) for p in points)) if len(points) > 1 else set()
-    lines = ["| # | job ids | overrides | run dir |", "|---|---|---|---|"]
+    trained = any(p.final_step is not None for p in points)
+    header = ["#", "overrides", "run dir", "step", "loss", "eval loss"] if trained else \
+        ["#", "job ids", "overrides", "run dir"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for p in points:
-        jobs = ", ".join(p.job_ids) if p.job_ids else ("(dry run)" if p.dry_run else "-")
-        varying = [o for o in p.overrides if o not in common]
-        lines.append(f"| {p.num} | {jobs} | {' '.join(varying) or '-'} | {p.run_dir} |")
+        varying = " ".join(o for o in p.overrides if o not in common) or "-"
+        if trained:
+            row = [str(p.num), varying, p.run_dir,
+                   _cell(p.final_step, "d"), _cell(p.final_loss, ".4f"), _cell(p.final_eval_loss, ".4f")]
+        else:
+            jobs = ", ".join(p.job_ids) if p.job_ids else ("(dry run)" if p.dry_run else "-")
+            row = [str(p.num), jobs, varying, p.run_dir]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def _cell(value: Optional[float], fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
 
 
 def write_summary(sweep_dir: Path, points: List[SweepPoint]) -> None:
@@ -64,7 +81,8 @@ class SweepSummary(Callback):
     """Prints the sweep's table when Hydra's multirun ends; after a dry run, takes back the directories
     Hydra made for the sweep (a dry run writes nothing)."""
 
-    def __init__(self) -> None:
+    def __init__(self, app: str = "eurotron-launch") -> None:
+        self.app = app
         self._created: Optional[Path] = None
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
@@ -76,7 +94,7 @@ class SweepSummary(Callback):
             return
         dry = all(p.dry_run for p in _points)
         where = "" if dry else f" (written to {_sweep_dir / SUMMARY_MD})"
-        print(f"eurotron-launch: sweep of {len(_points)} point(s){where}\n{format_table(_points)}", flush=True)
+        print(f"{self.app}: sweep of {len(_points)} point(s){where}\n{format_table(_points)}", flush=True)
         if dry and self._created is not None and self._created == _sweep_dir:
             _remove_empty_sweep_dir(_sweep_dir)
 

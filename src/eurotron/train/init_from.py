@@ -15,7 +15,7 @@ import torch.distributed.checkpoint as dcp
 from omegaconf import OmegaConf
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 
-from ..config import ConfigError, ModelConfig
+from ..config import ConfigError, ModelConfig, load_config_file
 from ..parallel.env import is_main_process
 from .checkpoint import CONFIG_FILE, SHARDS_DIR, resolve_checkpoint
 
@@ -31,7 +31,7 @@ def _source_model_config(ckpt: Path) -> ModelConfig | None:
     file = ckpt / CONFIG_FILE
     if not file.is_file():
         return None
-    raw = OmegaConf.load(file)
+    raw = load_config_file(file, "checkpoint config")
     if "model" not in raw:
         return None
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), raw.model))
