@@ -55,6 +55,12 @@ class MetricsLogger:
         if self.cfg.console:
             print(format_record(record), flush=True)
 
+    def log_event(self, record: Dict[str, Any]) -> None:
+        """A non-metric line (``event`` names it, ``step`` says when it took effect): metrics.jsonl only."""
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
     def close(self) -> Optional[Path]:
         if not self.enabled:
             return None
@@ -87,7 +93,7 @@ def plot_loss_curve(metrics_path: Path, out_path: Path) -> Path:
 
     records = read_metrics(metrics_path)
     # A resumed run appends; keep the last record per step so the curve has no back-tracks.
-    by_step = {r["step"]: r for r in records}
+    by_step = {r["step"]: r for r in records if "event" not in r}
     steps = sorted(by_step)
     fig, ax = plt.subplots(figsize=(7, 4))
     train = [(s, by_step[s]["loss"]) for s in steps if "loss" in by_step[s]]

@@ -31,7 +31,7 @@ from ..parallel.layout import format_layout, gather_counts
 from ..parallel.mesh import build_mesh, init_distributed, resolve_backend
 from ..parallel.parallelize import parallelize
 from .checkpoint import CheckpointManager, latest_checkpoint, load_checkpoint
-from . import preemption
+from . import preemption, resume_config
 from .loss import summed_cross_entropy
 from .metrics import MetricsLogger
 from .optim import build_optimizer
@@ -88,6 +88,7 @@ class Trainer:
         )
         self.step = 0
         self.tokens_seen = 0
+        self.resume_changes: List[resume_config.SettingChange] = []  # optimizer/schedule settings changed on resume
         self.flops_per_token = model_flops_per_token(cfg.model, cfg.data.seq_len)
         self._print_layout()
 
@@ -125,14 +126,23 @@ class Trainer:
         found = latest_checkpoint(self.run_dir / "checkpoints")
         if found is None:
             return
+        saved_cfg = resume_config.checkpoint_train_config(found)
+        resume_config.check_same_model(self.cfg, saved_cfg, found)
+        resume_config.check_checkpoint_keys(resume_config.checkpoint_tensor_keys(found), self.cfg.model, found)
+        built_groups = [resume_config.group_settings(opt) for opt in self.optimizers]
         state = load_checkpoint(found, self.model_parts, self.optimizers)
         for scheduler in self.schedulers:
             scheduler.load_state_dict(state["scheduler"])
         self.loader.load_state_dict(state["data"])
         self.step = state["step"]
         self.tokens_seen = state["tokens_seen"]
+        self.resume_changes = resume_config.setting_changes(self.cfg, saved_cfg)
+        if self.resume_changes:
+            resume_config.apply_settings(self.optimizers, self.schedulers, built_groups, self.cfg, self.step)
         if is_main_process():
             print(f"resumed from {found} at step {self.step}", flush=True)
+            for change in self.resume_changes:
+                print(f"  changed on resume, applied from step {self.step}: {change}", flush=True)
 
     # ------------------------------------------------------------------------------------- steps
     def _global_kept_tokens(self, micro_batches: List[Dict[str, torch.Tensor]]) -> torch.Tensor:
@@ -236,6 +246,9 @@ class Trainer:
             load_initial_weights(self.model_parts, cfg.train.init_from, cfg.model)
         logger = MetricsLogger(cfg.logging, self.run_dir, cfg.name, json.loads(json.dumps(asdict(cfg))),
                                enabled=is_main_process())
+        if self.resume_changes:
+            logger.log_event({"step": self.step, "event": "resume_config_change",
+                              "changes": {c.key: {"from": c.old, "to": c.new} for c in self.resume_changes}})
         last: Dict[str, Any] = {}
         steps_this_run = 0
         saved_at = self.step
