@@ -41,6 +41,13 @@ class Verdict:
     apply: bool                      # run the optimizer and scheduler step
     reason: Optional[str] = None     # "nonfinite" | "spike" when skipped
     record: Dict[str, Any] = field(default_factory=dict)
+    halt: Optional[str] = None       # the run must stop: the loop logs this step, then raises this
+
+
+def halt_if_asked(record: Dict[str, Any]) -> None:
+    """After the loop has logged the step: stop the run if the guard said so (all ranks alike)."""
+    if record.get("halt"):
+        raise TrainingHalted(record["halt"])
 
 
 def read_step_values(loss: torch.Tensor, grad_norm: torch.Tensor, kept: torch.Tensor) -> List[float]:
@@ -69,12 +76,11 @@ class NonFiniteGuard:
     def check(self, step: int, loss: float, grad_norm: float) -> Verdict:
         """``step`` is the number the step will have once done (1-based, as in metrics.jsonl)."""
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            if self.mode == "stop":
-                raise TrainingHalted(
-                    f"step {step}: non-finite {_what(loss, grad_norm)}; stopping (train.nonfinite=stop). "
-                    f"Resume from the last checkpoint with a lower optim.lr or train.nonfinite=skip")
             self.nonfinite_steps += 1
             verdict = Verdict(False, "nonfinite")
+            if self.mode == "stop":
+                verdict.halt = (f"step {step}: non-finite {_what(loss, grad_norm)}; stopping (train.nonfinite=stop). "
+                                f"Resume from the last checkpoint with a lower optim.lr or train.nonfinite=skip")
         elif self._is_spike(loss):
             self.spike_steps += 1
             verdict = Verdict(False, "spike")
@@ -84,13 +90,15 @@ class NonFiniteGuard:
             return Verdict(True, record=self._counts(False))
         self.consecutive += 1
         self.skipped.append(step)
-        if self.consecutive >= self.max_consecutive:
-            raise TrainingHalted(
+        if self.consecutive >= self.max_consecutive and not verdict.halt:
+            verdict.halt = (
                 f"step {step}: {self.consecutive} consecutive steps skipped (last: "
                 f"{_what(loss, grad_norm) if verdict.reason == 'nonfinite' else 'loss spike ' + repr(loss)}), "
                 f"train.max_nonfinite_steps={self.max_consecutive}; stopping. Resume from the last checkpoint "
                 f"with a lower optim.lr (or a larger train.max_nonfinite_steps)")
         verdict.record = {**self._counts(True), "skip_reason": verdict.reason}
+        if verdict.halt:
+            verdict.record["halt"] = verdict.halt
         return verdict
 
     def _counts(self, skipped: bool) -> Dict[str, Any]:

@@ -36,7 +36,7 @@ from . import preemption
 from .loss import summed_cross_entropy
 from .goodput import Goodput
 from .metrics import MetricsLogger
-from .nonfinite import NonFiniteGuard, check_state_before_save, read_step_values
+from .nonfinite import NonFiniteGuard, check_state_before_save, halt_if_asked, read_step_values
 from .optim import build_optimizer
 from .schedule import build_scheduler
 from .watchdog import Watchdog
@@ -283,10 +283,11 @@ class Trainer:
                 if self.eval_dataset is not None and cfg.eval.every and self.step % cfg.eval.every == 0:
                     with watchdog.evaluation(self.step), goodput.phase("eval_s"):
                         record["eval_loss"] = self.evaluate()
-                if self.step % cfg.logging.log_every == 0 or "eval_loss" in record:
+                if self.step % cfg.logging.log_every == 0 or "eval_loss" in record or record.get("skipped"):
                     record.update(goodput.record_fields())
                     logger.log(record)
                     goodput.write()  # the progress a later attempt measures its lost work against
+                halt_if_asked(record)  # train.nonfinite=stop or too many consecutive skips: logged, then out
                 last = record
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
                     self.checkpoint_now()
