@@ -204,12 +204,12 @@ def test_every_pipeline_rank_takes_the_same_decision(dataset, tmp_path):
         return [json.loads((tmp_path / name / f"rank{r}.json").read_text()) for r in (0, 1)]
 
     skip = outcomes("skip")
-    assert skip[0] == skip[1] or [o["skipped"] for o in skip] == [[2, 4], [2, 4]], skip
     assert all(o["skipped"] == [2, 4] and o["scheduler_epoch"] == 3 and o["optimizer_steps"] == [3] for o in skip)
     records = strict_records(tmp_path / "skip")
     assert records[2]["grad_norm"] is None and records[4]["loss"] is None
     stop = outcomes("stop")
-    assert all(o["step"] == 1 and o["error"] and o["error"].startswith("step 2: non-finite") for o in stop), stop
+    assert all(o["step"] == 2 and o["scheduler_epoch"] == 1 and o["error"].startswith("step 2: non-finite grad_norm")
+               for o in stop), stop
     save = outcomes("save")
     assert all(o["error"] and "step 4: refusing to save" in o["error"] and "on 1 rank(s)" in o["error"]
                for o in save), save
