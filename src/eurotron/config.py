@@ -360,6 +360,20 @@ class TrainingConfig:
     # Start from these model weights (a checkpoint dir, e.g. from `eurotron-convert from-hf`) when the run
     # has no checkpoint to resume; optimizer and schedule start fresh.
     init_from: Optional[str] = None
+    # A step whose loss or gradient norm is NaN/Inf: skip (no optimizer/scheduler update, counted in
+    # metrics) or stop (exit non-zero naming the step). See train/nonfinite.py.
+    nonfinite: str = "skip"
+    # Stop (non-zero exit) after this many consecutive skipped steps, even with nonfinite=skip.
+    max_nonfinite_steps: int = 10
+    # Skip steps whose loss exceeds the mean of the last spike_window applied steps by spike_sigma
+    # standard deviations (checked once the window is full); 0 = off.
+    spike_sigma: float = 0.0
+    spike_window: int = 100
+    # Watchdog (train/watchdog.py): a step running longer than this dumps every rank's stacks and exits
+    # non-zero. null = auto (30 min for the first steps, then max(10 x median step, 10 min)); 0 = off.
+    hang_timeout_s: Optional[float] = None
+    # The same for a checkpoint save (the time the loop is blocked); 0 = saves are not watched.
+    hang_timeout_save_s: float = 1800.0
 
 
 @dataclass

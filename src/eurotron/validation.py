@@ -34,6 +34,7 @@ BACKENDS = ("auto", "gloo", "nccl")
 RESUME_MODES = ("auto", "never")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 GENERATION_STRATEGIES = ("greedy", "top_p")
+NONFINITE_MODES = ("skip", "stop")
 
 
 class _Problems:
@@ -290,6 +291,7 @@ def _check_run(cfg: TrainConfig, p: _Problems) -> None:
     p.positive("train.seed", cfg.train.seed, allow_zero=True)
     p.positive("train.stop_after", cfg.train.stop_after, allow_zero=True)
     p.choice("train.precision", cfg.train.precision, PRECISIONS)
+    _check_guards(cfg, p)
     p.positive("checkpoint.every", cfg.checkpoint.every, allow_zero=True)
     p.positive("checkpoint.keep_last", cfg.checkpoint.keep_last)
     p.choice("checkpoint.resume", cfg.checkpoint.resume, RESUME_MODES)
@@ -314,6 +316,19 @@ def _check_run(cfg: TrainConfig, p: _Problems) -> None:
         p.add("generate.top_p", g.top_p, "must be in (0, 1]")
     if not cfg.run_dir:
         p.add("run_dir", cfg.run_dir, "set a directory for checkpoints and metrics")
+
+
+def _check_guards(cfg: TrainConfig, p: _Problems) -> None:
+    """The training loop's non-finite guard, loss-spike rule and hang watchdog (train.*)."""
+    t = cfg.train
+    p.choice("train.nonfinite", t.nonfinite, NONFINITE_MODES)
+    p.positive("train.max_nonfinite_steps", t.max_nonfinite_steps)
+    for key, value in (("train.spike_sigma", t.spike_sigma), ("train.hang_timeout_s", t.hang_timeout_s),
+                       ("train.hang_timeout_save_s", t.hang_timeout_save_s)):
+        if value is not None:  # hang_timeout_s: null = auto; inf/nan are reported by _check_finite
+            p.positive(key, value, allow_zero=True)
+    if t.spike_window < 2:
+        p.add("train.spike_window", t.spike_window, "must be at least 2 (a standard deviation needs two losses)")
 
 
 def validate_train_config(cfg: TrainConfig, world_size: Optional[int] = None) -> None:

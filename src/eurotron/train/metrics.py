@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -48,10 +49,12 @@ class MetricsLogger:
     def log(self, record: Dict[str, Any]) -> None:
         if not self.enabled:
             return
+        record = finite_or_none(record)
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
         if self._wandb is not None:
-            self._wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+            # wandb has no null: a missing value (a skipped step's NaN) is left out of that step.
+            self._wandb.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=record["step"])
         if self.cfg.console:
             print(format_record(record), flush=True)
 
@@ -71,12 +74,25 @@ class MetricsLogger:
         return None
 
 
+def finite_or_none(value: Any) -> Any:
+    """NaN and +-Inf become None (JSON null): metrics.jsonl stays strict JSON that any parser reads."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
 def format_record(record: Dict[str, Any]) -> str:
     parts = [f"step {record['step']:>6d}"]
     for key, fmt in (("loss", ".4f"), ("eval_loss", ".4f"), ("lr", ".2e"), ("grad_norm", ".3f"),
                      ("tokens_per_s", ",.0f"), ("mfu", ".1%")):
         if key in record:
-            parts.append(f"{key} {record[key]:{fmt}}")
+            parts.append(f"{key} {record[key]:{fmt}}" if record[key] is not None else f"{key} n/a")
+    if record.get("skipped"):
+        parts.append(f"SKIPPED ({record.get('skip_reason')})")
     return " | ".join(parts)
 
 
@@ -96,8 +112,10 @@ def plot_loss_curve(metrics_path: Path, out_path: Path) -> Path:
     by_step = {r["step"]: r for r in records if "event" not in r}
     steps = sorted(by_step)
     fig, ax = plt.subplots(figsize=(7, 4))
-    train = [(s, by_step[s]["loss"]) for s in steps if "loss" in by_step[s]]
-    evals = [(s, by_step[s]["eval_loss"]) for s in steps if "eval_loss" in by_step[s]]
+    # Skipped steps (null loss, or a spike kept out of the update) are left off the curve.
+    train = [(s, by_step[s]["loss"]) for s in steps
+             if by_step[s].get("loss") is not None and not by_step[s].get("skipped")]
+    evals = [(s, by_step[s]["eval_loss"]) for s in steps if by_step[s].get("eval_loss") is not None]
     if train:
         ax.plot(*zip(*train), label="train loss")
     if evals:

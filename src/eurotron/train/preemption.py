@@ -128,7 +128,8 @@ def stop_requested(trainer: Any) -> bool:
     cfg = trainer.cfg.checkpoint
     saved_this_step = bool(cfg.every) and trainer.step % cfg.every == 0
     if not saved_this_step and not cfg.save_final:
-        trainer.save_checkpoint()
+        # The trainer's guarded save (finite state, watchdog, goodput) where it has one.
+        getattr(trainer, "checkpoint_now", trainer.save_checkpoint)()
     if not dist.is_initialized() or dist.get_rank() == 0:
         reason = "the job is ending (SIGTERM)" if agreed == TERMINATE else "the time limit is near"
         print(f"eurotron: stopping at step {trainer.step}: {reason}; checkpoint written", flush=True)

@@ -10,6 +10,7 @@ divides by dp_size again), so the gradient is that of the mean over the kept tok
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -33,9 +34,12 @@ from ..parallel.parallelize import parallelize
 from .checkpoint import CheckpointManager, latest_checkpoint, load_checkpoint
 from . import preemption, resume_config
 from .loss import summed_cross_entropy
+from .goodput import Goodput
 from .metrics import MetricsLogger
+from .nonfinite import NonFiniteGuard, check_state_before_save, halt_if_asked, read_step_values
 from .optim import build_optimizer
 from .schedule import build_scheduler
+from .watchdog import Watchdog
 
 RESOLVED_CONFIG = "config.yaml"
 
@@ -166,6 +170,15 @@ class Trainer:
             dist.all_reduce(value, group=self.dp_group)
         return value
 
+    @property
+    def guard(self) -> NonFiniteGuard:
+        """The non-finite / loss-spike guard (created on first use, so train_step also works outside fit)."""
+        if self._guard is None:
+            self._guard = NonFiniteGuard(self.cfg.train)
+        return self._guard
+
+    _guard: Optional[NonFiniteGuard] = None
+
     def train_step(self) -> Dict[str, Any]:
         started = time.perf_counter()
         micro_batches = self.loader.next_step()
@@ -174,11 +187,16 @@ class Trainer:
         max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
         grad_norm = self.parallel.clip_gradients(max_norm)
         lr = self.optimizer.param_groups[0]["lr"]
+        # The step's one device-to-host read. Loss and norm are already reduced over all ranks, and
+        # NaN/Inf survive those sums, so every rank reads the same values and decides alike (nonfinite.py).
+        loss, norm, kept_tokens = read_step_values(loss_sum / kept.clamp(min=1.0), grad_norm, kept)
+        verdict = self.guard.check(self.step + 1, loss, norm)
         for optimizer, scheduler in zip(self.optimizers, self.schedulers):
-            optimizer.step()
-            scheduler.step()
+            if verdict.apply:  # a skipped step leaves optimizer and schedule state untouched
+                optimizer.step()
+                scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        self.step += 1
+        self.step += 1  # skipped or not, the batch is consumed (as Megatron-LM and OLMo do)
         tokens = self.cfg.data.global_batch_size * self.cfg.data.seq_len
         self.tokens_seen += tokens
         elapsed = time.perf_counter() - started
@@ -186,15 +204,16 @@ class Trainer:
         world = max(self.env.world_size, 1)
         return {
             "step": self.step,
-            "loss": float(loss_sum / kept.clamp(min=1.0)),
+            "loss": loss,
             "lr": lr,
-            "grad_norm": float(grad_norm),
-            "kept_tokens": int(kept),
+            "grad_norm": norm,
+            "kept_tokens": int(kept_tokens),
             **dropped_fraction_record(self.loader.batch_transform, self.dp_group, self.device),
             "tokens_seen": self.tokens_seen,
             "step_time_s": elapsed,
             "tokens_per_s": tokens_per_s,
             "mfu": self.flops_per_token * tokens_per_s / (self.cfg.cluster.peak_flops * world),
+            **verdict.record,
         }
 
     @torch.no_grad()
@@ -236,6 +255,17 @@ class Trainer:
         return self.checkpoints.save(self.step, self.model_parts, self.optimizers, state, self.config_yaml)
 
     # -------------------------------------------------------------------------------------- loop
+    def checkpoint_now(self) -> Optional[Path]:
+        """Every save of the loop: refused for a non-finite state, watched for hangs, timed for goodput."""
+        with self._watchdog.save(self.step) if self._watchdog else contextlib.nullcontext(), \
+                self._goodput.phase("checkpoint_s") if self._goodput else contextlib.nullcontext():
+            check_state_before_save(self.step, self.model_parts, self.optimizers, self.device,
+                                    self.run_dir / "checkpoints")
+            return self.save_checkpoint()
+
+    _watchdog: Optional[Watchdog] = None
+    _goodput: Optional[Goodput] = None
+
     def fit(self) -> Dict[str, Any]:
         cfg = self.cfg
         self._prepare_run_dir()
@@ -249,27 +279,46 @@ class Trainer:
         if self.resume_changes:
             logger.log_event({"step": self.step, "event": "resume_config_change",
                               "changes": {c.key: {"from": c.old, "to": c.new} for c in self.resume_changes}})
+        goodput = self._goodput = Goodput(self.run_dir, self.step, fresh=cfg.checkpoint.resume == "never",
+                                          enabled=is_main_process())
+        watchdog = self._watchdog = Watchdog(cfg.train.hang_timeout_s, cfg.train.hang_timeout_save_s,
+                                             cfg.eval.batches, goodput.median_step_s)
         last: Dict[str, Any] = {}
         steps_this_run = 0
         saved_at = self.step
+        ended = "error"
         try:
             while self.step < cfg.train.steps:
-                record = self.train_step()
+                with watchdog.step(self.step + 1), goodput.phase("train_s"):
+                    record = self.train_step()
+                goodput.step_done(self.step, record["step_time_s"], bool(record.get("skipped")))
                 steps_this_run += 1
                 if self.eval_dataset is not None and cfg.eval.every and self.step % cfg.eval.every == 0:
-                    record["eval_loss"] = self.evaluate()
-                if self.step % cfg.logging.log_every == 0 or "eval_loss" in record:
+                    with watchdog.evaluation(self.step), goodput.phase("eval_s"):
+                        record["eval_loss"] = self.evaluate()
+                if self.step % cfg.logging.log_every == 0 or "eval_loss" in record or record.get("skipped"):
+                    record.update(goodput.record_fields())
                     logger.log(record)
+                    goodput.write()  # the progress a later attempt measures its lost work against
+                halt_if_asked(record)  # train.nonfinite=stop or too many consecutive skips: logged, then out
                 last = record
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
-                    self.save_checkpoint()
+                    self.checkpoint_now()
                     saved_at = self.step
                 if cfg.train.stop_after and steps_this_run >= cfg.train.stop_after:
                     break
-                if preemption.stop_requested(self):  # Slurm's time-limit signal: checkpoint, then requeue/exit
-                    break
+                with watchdog.between_steps(self.step):  # its all-reduce can hang like a step's
+                    if preemption.stop_requested(self):  # Slurm's time-limit signal: checkpoint, then requeue/exit
+                        break
             if cfg.checkpoint.save_final and saved_at != self.step:
-                self.save_checkpoint()
+                self.checkpoint_now()
+            ended = "finished" if self.step >= cfg.train.steps else "stopped"
         finally:
+            watchdog.close()
+            self._watchdog = self._goodput = None
+            totals = goodput.write(ended=ended)
+            if is_main_process():
+                print(goodput.summary_line(totals), flush=True)
             logger.close()
         return last
+
