@@ -153,3 +153,98 @@ def test_writer_refuses_ids_outside_the_vocabulary(tmp_path):
     writer.add_documents(np.array([5, 299, 2, 301, 2], dtype=np.uint16), [3, 2])
     with pytest.raises(ShardError, match="token id 301 is outside"):
         writer.close()
+
+
+# ------------------------------------------------------------------------ point 7: eurotron-prepare
+def _prepare(tmp_path, path, **kwargs):
+    from eurotron.config import PrepareConfig, SourceConfig, TokenizerConfig
+    from eurotron.data.prepare import prepare
+
+    cfg = PrepareConfig(source=SourceConfig(type="jsonl", path=str(path)), tokenizer=TokenizerConfig(vocab_size=300),
+                        output_dir=str(tmp_path / "out"), **kwargs)
+    return prepare(cfg, progress=False)
+
+
+TEXTS = ["Die Bibliothek öffnet um neun Uhr. " * 3, "La bibliothèque ouvre à neuf heures. " * 3,
+         "The library opens at nine o'clock. " * 3] * 20
+
+
+def test_all_garbage_input_blames_the_bad_records(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n[1, 2]x\n{\"title\": \"no text\"}\n{broken\n")
+    with pytest.raises(DataError) as err:
+        _prepare(tmp_path, bad, bad_records="skip")
+    message = str(err.value)
+    assert "every document is empty" not in message
+    assert "3 malformed_json" in message and "1 missing_text" in message
+    assert f"{bad}:1 (malformed_json)" in message
+    # A tokenizer given: pass 2 alone, same diagnosis.
+    with pytest.raises(DataError, match="of its 4 records, 3 malformed_json"):
+        _prepare_with_tokenizer(tmp_path, bad)
+
+
+def _prepare_with_tokenizer(tmp_path, path):
+    from eurotron.config import PrepareConfig, SourceConfig, TokenizerConfig
+    from eurotron.data.prepare import prepare
+
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    if not (tmp_path / "tok").exists():
+        _prepare(tmp_path, good)
+        os.rename(tmp_path / "out", tmp_path / "tok")
+    cfg = PrepareConfig(source=SourceConfig(type="jsonl", path=str(path)), bad_records="skip",
+                        tokenizer=TokenizerConfig(path=str(tmp_path / "tok" / "tokenizer")),
+                        output_dir=str(tmp_path / "out2"))
+    return prepare(cfg, progress=False)
+
+
+def test_empty_file_says_so(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(DataError, match="holds no records"):
+        _prepare(tmp_path, empty)
+
+
+@pytest.mark.parametrize("layout", ["array", "pretty_array", "object", "jsonl"])
+def test_json_file_as_array_object_or_jsonl(tmp_path, layout):
+    from eurotron.config import SourceConfig
+    from eurotron.data.readers import iter_documents
+
+    docs = [{"text": t, "id": i} for i, t in enumerate(TEXTS[:5])]
+    file = tmp_path / "docs.json"
+    if layout == "array":
+        file.write_text(json.dumps(docs))
+    elif layout == "pretty_array":
+        file.write_text("\n" + json.dumps(docs, indent=2))
+    elif layout == "object":
+        docs = docs[:1]
+        file.write_text(json.dumps(docs[0], indent=2))
+    else:
+        file.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    read = list(iter_documents(SourceConfig(type="jsonl", path=str(file))))
+    assert [(d["text"], d["id"]) for d in read] == [(d["text"], d["id"]) for d in docs]
+
+
+def test_json_array_items_are_classified_and_broken_array_is_named(tmp_path):
+    file = tmp_path / "docs.json"
+    file.write_text(json.dumps([{"text": TEXTS[0]}, 5, {"body": "x"}] + [{"text": t} for t in TEXTS]))
+    manifest = _prepare(tmp_path, file, bad_records="skip")
+    assert manifest["documents"]["skipped"]["not_an_object"] == 1
+    assert manifest["documents"]["skipped"]["missing_text"] == 1
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"text": "a"},\n {"text": "b"')
+    with pytest.raises(DataError, match=r"broken.json: read as one JSON value.*not valid JSON.*line 2.*JSONL"):
+        _prepare(tmp_path, broken, overwrite=True)
+
+
+def test_source_path_glob(tmp_path):
+    from eurotron.config import SourceConfig
+    from eurotron.data.readers import iter_documents
+
+    for i in range(3):
+        (tmp_path / f"part{i}.jsonl").write_text(json.dumps({"text": f"doc {i}"}) + "\n")
+    (tmp_path / "other.txt").write_text("ignored")
+    read = list(iter_documents(SourceConfig(type="jsonl", path=str(tmp_path / "part*.jsonl"))))
+    assert [d["text"] for d in read] == ["doc 0", "doc 1", "doc 2"]
+    with pytest.raises(DataError, match="the pattern matches no file"):
+        list(iter_documents(SourceConfig(type="jsonl", path=str(tmp_path / "nothing*.jsonl"))))
