@@ -248,3 +248,107 @@ def test_source_path_glob(tmp_path):
     assert [d["text"] for d in read] == ["doc 0", "doc 1", "doc 2"]
     with pytest.raises(DataError, match="the pattern matches no file"):
         list(iter_documents(SourceConfig(type="jsonl", path=str(tmp_path / "nothing*.jsonl"))))
+
+
+# ---------------------------------------------------------------- point 7: eurotron-generate / convert
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run directory with one complete checkpoint of a tiny llama and a real tokenizer."""
+    from convert_support import random_eurotron_model, run_config_yaml, save_eurotron_checkpoint, small_config
+
+    root = tmp_path_factory.mktemp("gen")
+    good = root / "good.jsonl"
+    good.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    _prepare(root, good)
+    cfg = small_config("llama")
+    run = root / "run"
+    save_eurotron_checkpoint(random_eurotron_model(cfg), run / "checkpoints" / "step_00000001",
+                             run_config_yaml(cfg, data={"path": str(root / "out")}), root / "out" / "tokenizer",
+                             {"step": 1, "tokens_seen": 8})
+    (run / "checkpoints" / "latest").write_text("step_00000001\n")
+    return run
+
+
+def _main_exit(main, argv, capsys):
+    """Run a CLI's main(argv) in-process: (exit code, stderr)."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return exc.value.code, capsys.readouterr().err
+
+
+def test_generate_honours_explicit_zero_and_empty_prompt(run_dir, capsys):
+    from eurotron.cli.generate import main, parse_args, run
+
+    outputs = run(parse_args([str(run_dir), "--prompt", "Die", "--max-new-tokens", "0"]))
+    assert outputs == [""]  # 0 means no new token, not the run's default of 40
+    outputs = run(parse_args([str(run_dir), "--prompt", "", "--max-new-tokens", "3"]))
+    assert len(outputs) == 1  # an empty prompt starts a new document (after EOS)
+    greedy = run(parse_args([str(run_dir), "--prompt", "Die", "--max-new-tokens", "4", "--temperature", "0"]))
+    assert greedy == run(parse_args([str(run_dir), "--prompt", "Die", "--max-new-tokens", "4"]))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--strategy", "top_p", "--temperature", "0"], "--temperature=0.0: top_p sampling needs a finite temperature > 0; "
+                                                    "for the most likely token every step use --strategy greedy"),
+    (["--max-new-tokens", "-5"], "--max-new-tokens=-5: must be >= 0"),
+    (["--temperature", "-1"], "--temperature=-1.0: must be >= 0"),
+    (["--strategy", "top_p", "--top-p", "0"], "--top-p=0.0: must lie in (0, 1]"),
+    (["--repetition-penalty", "0"], "--repetition-penalty=0.0: must be a finite number > 0"),
+    (["--seed", "-3"], "--seed=-3: must be >= 0"),
+])
+def test_generate_refuses_bad_settings(run_dir, capsys, argv, message):
+    from eurotron.cli.generate import main
+
+    code, err = _main_exit(main, [str(run_dir), "--prompt", "x", *argv], capsys)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_generate_refuses_bad_checkpoint_paths(run_dir, tmp_path, capsys):
+    import shutil
+
+    from eurotron.cli.generate import main
+
+    step = run_dir / "checkpoints" / "step_00000001"
+    half = tmp_path / ".tmp_step_00000002"
+    shutil.copytree(step, half)
+    incomplete = tmp_path / "step_00000003"
+    shutil.copytree(step, incomplete)
+    (incomplete / "config.yaml").unlink()
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    for path, message in [(half, "is a half-written checkpoint"),
+                          (incomplete, "is an incomplete checkpoint (missing config.yaml)"),
+                          (text, "is a file, not a checkpoint directory"),
+                          (tmp_path / "nope", "no such directory")]:
+        code, err = _main_exit(main, [str(path)], capsys)
+        assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_to_hf_refuses_to_drop_a_trained_lm_head(tmp_path, capsys):
+    from convert_support import random_eurotron_model, run_config_yaml, save_eurotron_checkpoint, small_config
+    from eurotron.cli.convert import main
+
+    untied = small_config("llama")  # trained untied, then config.yaml edited to say tied
+    config = run_config_yaml(untied).replace("tie_embeddings: false", "tie_embeddings: true")
+    assert "tie_embeddings: true" in config
+    step = save_eurotron_checkpoint(random_eurotron_model(untied), tmp_path / "step_00000001", config, None, {})
+    code, err = _main_exit(main, ["to-hf", str(step), str(tmp_path / "hf"), "--no-progress"], capsys)
+    assert code == 2 and "tie_embeddings: true, but the checkpoint's output.weight" in err
+    assert "Set model.tie_embeddings: false" in err and not (tmp_path / "hf").exists()
+
+
+def test_to_hf_config_untied_without_output_weight(tmp_path, capsys):
+    import torch.distributed.checkpoint as dcp
+
+    from convert_support import random_eurotron_model, run_config_yaml, small_config
+    from eurotron.cli.convert import main
+
+    cfg = small_config("llama")
+    state = {k: v for k, v in random_eurotron_model(cfg).state_dict().items() if k != "output.weight"}
+    step = tmp_path / "step_00000001"
+    step.mkdir()
+    dcp.save({"model": state}, checkpoint_id=str(step / "model_optim"))
+    (step / "config.yaml").write_text(run_config_yaml(cfg))
+    (step / "trainer.json").write_text("{}")
+    code, err = _main_exit(main, ["to-hf", str(step), str(tmp_path / "hf"), "--no-progress"], capsys)
+    assert code == 2 and "tie_embeddings: false, but the checkpoint" in err and "holds no output.weight" in err
