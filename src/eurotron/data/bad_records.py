@@ -16,6 +16,7 @@ class RecordTally:
         self.kinds: Counter = Counter()
         self.examples: List[Tuple[str, str]] = []  # (where, kind) of the first bad records
         self.failure: Optional[BaseException] = None  # an error that ended the stream
+        self.finished = False  # the whole source was read
 
     def add(self, kinds: Sequence[str], where: Sequence[Optional[str]]) -> None:
         self.kinds.update(kinds)

@@ -281,6 +281,7 @@ def _training_texts(cfg: PrepareConfig, settings: StageSettings, progress: bool,
             for text, verdict in zip(result.texts, verdicts):
                 if verdict is None:
                     yield text
+        tally.finished = True
     except Exception as err:
         tally.failure = err  # SentencePiece's trainer swallows it; _build_tokenizer raises it again
         raise
@@ -307,8 +308,8 @@ def _build_tokenizer(cfg: PrepareConfig, settings: StageSettings, out_dir: Path,
     except DataError as err:
         if tally.failure is not None:  # the reader's own error (an unreadable file …)
             raise tally.failure from None
-        # No text at all: say what the records were (bad JSON …), not just "empty".
-        raise tally.no_documents_error(_source_name(cfg)) or err from None
+        # The whole source read and no text: say what the records were (bad JSON …), not just "empty".
+        raise (tally.no_documents_error(_source_name(cfg)) if tally.finished else None) or err from None
     finally:
         texts.close()  # stops the workers when the trainer had enough characters
 
