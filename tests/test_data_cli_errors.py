@@ -352,3 +352,64 @@ def test_to_hf_config_untied_without_output_weight(tmp_path, capsys):
     (step / "trainer.json").write_text("{}")
     code, err = _main_exit(main, ["to-hf", str(step), str(tmp_path / "hf"), "--no-progress"], capsys)
     assert code == 2 and "tie_embeddings: false, but the checkpoint" in err and "holds no output.weight" in err
+
+
+# ------------------------------------------------------------- point 7: more bad inputs, other CLIs
+def test_prepare_tokenizer_path_that_is_no_model(tmp_path):
+    from eurotron.config import PrepareConfig, SourceConfig, TokenizerConfig
+    from eurotron.data.prepare import prepare
+
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"text": TEXTS[0]}) + "\n")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    cfg = PrepareConfig(source=SourceConfig(type="jsonl", path=str(good)), tokenizer=TokenizerConfig(path=str(notes)),
+                        output_dir=str(tmp_path / "out"))
+    with pytest.raises(DataError, match="notes.txt is not a SentencePiece model"):
+        prepare(cfg, progress=False)
+    # A bad setting found before any record is read is reported as such, not as "no records".
+    cfg = PrepareConfig(source=SourceConfig(type="jsonl", path=str(good)), tokenizer=TokenizerConfig(vocab_size=-3),
+                        output_dir=str(tmp_path / "out"))
+    with pytest.raises(DataError, match="tokenizer.vocab_size=-3: must be at least 300"):
+        prepare(cfg, progress=False)
+
+
+def test_optout_fetch_refuses_negative_numbers(tmp_path, capsys):
+    from eurotron.cli.optout import main
+
+    code, err = _main_exit(main, ["fetch", "--out", str(tmp_path / "s"), "--concurrency", "-1", "--delay", "-2",
+                                  "--timeout", "0", "a.eu"], capsys)
+    assert code == 2 and "--concurrency -1: must be >= 1" in err and "--delay -2.0" in err and "--timeout 0.0" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_memorization_documents_dir_and_out_file(tmp_path, capsys):
+    from eurotron.cli.memorization import main
+
+    docs_dir = tmp_path / "docs"
+    docs_dir.mkdir()
+    code, err = _main_exit(main, [str(tmp_path), "--documents", str(docs_dir)], capsys)
+    assert code == 2 and "is a directory; give a JSONL file" in err
+    docs = tmp_path / "d.jsonl"
+    docs.write_text(json.dumps({"text": "x"}) + "\n")
+    out = tmp_path / "out.txt"
+    out.write_text("")
+    code, err = _main_exit(main, [str(tmp_path), "--documents", str(docs), "--out", str(out)], capsys)
+    assert code == 2 and "--out" in err and "is a file" in err
+
+
+def test_cli_user_errors_print_no_traceback(tmp_path, bin_dir):
+    """The no-traceback property itself, through the installed console scripts."""
+    import subprocess
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2, 3]")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    for argv, message in [
+        ([bin_dir / "eurotron-prepare", "source.type=jsonl", f"source.path={bad}", "bad_records=skip",
+          f"output_dir={tmp_path / 'o'}"], "3 not_an_object"),
+        ([bin_dir / "eurotron-generate", str(notes)], "is a file, not a checkpoint directory"),
+    ]:
+        proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
