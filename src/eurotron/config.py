@@ -123,6 +123,9 @@ class DataConfig:
     # deterministic and resumable (empty: data.path alone). data.path still names the dataset whose
     # tokenizer and eval split the run uses.
     blend: List[BlendSourceConfig] = field(default_factory=list)
+    # Hash every shard (sha256) against manifest.json when the dataset opens; a stamp keyed by the
+    # files' size and mtime makes later opens skip it. Sizes and token ids are always checked.
+    verify_checksums: bool = False
 
 
 # ---------------------------------------------------------------------------------------------- loss

@@ -53,6 +53,7 @@ def generate(
     eos_id: Optional[int] = None,
     seed: int = 0,
     repetition_penalty: float = 1.0,
+    vocab_limit: Optional[int] = None,
 ) -> torch.Tensor:
     """Extend `prompt_ids` ([B, L]) by up to max_new_tokens tokens; returns only the new tokens.
 
@@ -60,6 +61,8 @@ def generate(
     completions used in demos and memorisation audits. ``repetition_penalty`` > 1 discourages tokens
     already in the sequence, as transformers' ``generate(repetition_penalty=...)`` does (CTRL's rule:
     a positive logit is divided by it, a negative one multiplied), so both give the same tokens.
+    ``vocab_limit``: ids at or above it are never produced (a model whose vocab_size is padded beyond
+    its tokenizer's would otherwise emit ids the tokenizer cannot decode).
     """
     if repetition_penalty <= 0:
         raise ValueError(f"repetition_penalty={repetition_penalty}: must be positive (1.0 = off)")
@@ -72,6 +75,8 @@ def generate(
     for _ in range(max_new_tokens):
         context = tokens[:, -max_seq_len:]
         logits = model(context)[:, -1, :].float()
+        if vocab_limit is not None and vocab_limit < logits.shape[-1]:
+            logits[:, vocab_limit:] = float("-inf")
         if repetition_penalty != 1.0:
             logits = _penalise_repeats(logits, tokens, repetition_penalty)
         if strategy == "greedy":

@@ -43,6 +43,10 @@ def run(args: argparse.Namespace):
 
     if args.limit < 0:
         raise AuditError(f"--limit={args.limit}: must be >= 0")
+    if args.documents.is_dir():
+        raise AuditError(f"--documents {args.documents} is a directory; give a JSONL file, one document per line")
+    if args.out.exists() and not args.out.is_dir():
+        raise AuditError(f"--out {args.out} is a file; give a directory for memorization.json and .md")
     records = read_documents(args.documents, args.text_field, args.limit)
     model = load_audit_model(args.model, device=args.device, tokenizer_path=args.tokenizer)
     report = audit_documents(model, records, args.text_field, args.suffix_tokens, args.min_prompt_tokens,

@@ -95,9 +95,25 @@ def _origins(args: argparse.Namespace, counts: Dict[str, int]) -> Iterable[str]:
     return origins
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Negative or zero settings would hang, hammer a host or silently do nothing: refuse them."""
+    from ..data.errors import DataError
+
+    rules = [("concurrency", 1), ("max_redirects", 0), ("retries", 0)]
+    problems = [f"--{key.replace('_', '-')} {getattr(args, key)}: must be >= {least}"
+                for key, least in rules if getattr(args, key) < least]
+    problems += [f"--{key} {getattr(args, key)}: must be >= 0 seconds" for key in ("delay", "backoff")
+                 if not getattr(args, key) >= 0]
+    problems += [f"--{key} {getattr(args, key)}: must be > 0 seconds" for key in ("timeout", "deadline")
+                 if not getattr(args, key) > 0]
+    if problems:
+        raise DataError("invalid fetch settings:\n  " + "\n  ".join(problems))
+
+
 def fetch(args: argparse.Namespace) -> Dict[str, int]:
     from ..data.filters.fetch import DEFAULT_USER_AGENT, FetchSettings, fetch_snapshot
 
+    _check_numbers(args)
     counts: Dict[str, int] = {}
     origins = _origins(args, counts)
     agent = args.user_agent or DEFAULT_USER_AGENT

@@ -26,6 +26,7 @@ from .families import Family, TensorSpec, family_for_config, hf_config_dict, hf_
 from .model_card import find_data_info, render_model_card
 from .output import progress_bar, staged_output_dir
 from .safetensors_writer import PlannedTensor, write_sharded
+from .tied import check_tied_embeddings
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 # Tensors larger than this (in the output dtype) are read and written in blocks of rows, so peak memory
@@ -142,6 +143,7 @@ def convert_to_hf(
     family: Family = family_for_config(model_cfg)
     specs = tensor_specs(model_cfg)
     reader = DCPTensorReader(ckpt / SHARDS_DIR)
+    check_tied_embeddings(reader, model_cfg, ckpt / CONFIG_FILE)
     check_tensors(reader, specs, model_cfg)
 
     by_hf = {s.hf: s for s in specs if not s.tied}

@@ -27,7 +27,7 @@ from typing import Any, List, Sequence, Tuple
 import numpy as np
 
 from .errors import DataError
-from .loader import GlobalSampler, TokenDataset
+from .loader import GlobalSampler, TokenDataset, check_model_vocab
 
 CHUNK = 4096
 SEED_STRIDE = 1_000_003
@@ -120,6 +120,11 @@ class BlendedDataset:
         self.split = split
         self.path = first.path
         self.vocab_size, self.eos_id = first.vocab_size, first.eos_id
+        self.max_token_id = max(ds.max_token_id for ds in self.datasets)
+
+    def check_vocab(self, model_vocab_size: int) -> None:
+        for ds in self.datasets:  # names the source that holds the offending id
+            check_model_vocab(ds, model_vocab_size)
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -155,10 +160,11 @@ def check_same_tokenizer(a: TokenDataset, b: TokenDataset) -> None:
 def open_train_dataset(data: Any, split: str = "train") -> Any:
     """The training dataset a `DataConfig` describes: data.path alone, or the blend of data.blend
     (whose tokenizer must be data.path's, since the run's eval split and tokenizer come from there)."""
+    verify = bool(getattr(data, "verify_checksums", False))
     if not data.blend:
-        return TokenDataset(data.path, split)
-    blended = BlendedDataset([(b.path, b.weight) for b in data.blend], split)
-    check_same_tokenizer(TokenDataset(data.path, split), blended.datasets[0])
+        return TokenDataset(data.path, split, verify=verify)
+    blended = BlendedDataset([(b.path, b.weight) for b in data.blend], split, verify=verify)
+    check_same_tokenizer(TokenDataset(data.path, split, verify=verify), blended.datasets[0])
     return blended
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .integrity import check_shards, check_sizes
 from .manifest import TOKENIZER_DIR, read_manifest
 from .shards import ShardReader
 
@@ -34,7 +35,12 @@ Batch = Dict[str, torch.Tensor]
 
 # ------------------------------------------------------------------------------------------ dataset
 class TokenDataset:
-    """All shards of one split of a prepared dataset, as one virtual token array of documents."""
+    """All shards of one split of a prepared dataset, as one virtual token array of documents.
+
+    Opening checks every shard's file sizes against the manifest and its token ids against the
+    tokenizer's vocabulary (cheaply: see data/integrity.py); `verify=True` (data.verify_checksums)
+    also checks the sha256 of every file once.
+    """
 
     def __init__(self, path: Path | str, split: str = "train", verify: bool = False) -> None:
         self.path = Path(path)
@@ -49,8 +55,8 @@ class TokenDataset:
         entries = splits[split]["shards"]
         if not entries:
             raise DataError(f"data.path={path}: the {split!r} split has no documents")
-        self.shards = [ShardReader(self.path / split / entry["name"], expected=entry, verify=verify)
-                       for entry in entries]
+        check_sizes(self.path / split, entries)
+        self.shards = [ShardReader(self.path / split / entry["name"], expected=entry) for entry in entries]
         # 12 bytes per document: its length, and its start in the virtual concatenation of the shards.
         self.doc_lengths = np.concatenate([shard.doc_lengths() for shard in self.shards]).astype(np.int32)
         self.doc_starts = np.zeros(len(self.doc_lengths), dtype=np.int64)
@@ -59,6 +65,11 @@ class TokenDataset:
         tokenizer = self.manifest["tokenizer"]
         self.vocab_size = int(tokenizer["vocab_size"])
         self.eos_id = int(tokenizer["eos_id"])
+        self.max_token_id = check_shards(self.path, split, self.shards, entries, self.vocab_size, verify)
+
+    def check_vocab(self, model_vocab_size: int) -> None:
+        """Every token id must have a row in the model's embedding (model.vocab_size)."""
+        check_model_vocab(self, model_vocab_size)
 
     @property
     def num_docs(self) -> int:
@@ -86,6 +97,16 @@ class TokenDataset:
     def doc(self, i: int) -> np.ndarray:
         start = int(self.doc_starts[i])
         return self.read(start, start + int(self.doc_lengths[i]))
+
+
+def check_model_vocab(dataset: Any, model_vocab_size: int) -> None:
+    """The trainer's range check: the largest id of `dataset` (one or a blend) below model.vocab_size."""
+    if dataset.max_token_id >= model_vocab_size:
+        raise DataError(
+            f"model.vocab_size={model_vocab_size} is too small for the data: {dataset.path} holds token id "
+            f"{dataset.max_token_id}; set model.vocab_size>={max(dataset.max_token_id + 1, dataset.vocab_size)} "
+            f"(the tokenizer's vocabulary is {dataset.vocab_size})"
+        )
 
 
 # ---------------------------------------------------------------------------------- permutations

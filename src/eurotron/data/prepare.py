@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import __version__
 from ..config import PrepareConfig, to_object
+from .bad_records import RecordTally
 from .errors import DataError
 from .filters.dedup import lsh_parameters
 from .filters.dedup_index import Deduplicator
@@ -264,16 +265,26 @@ def _stream(cfg: PrepareConfig, settings: StageSettings, progress: bool, desc: s
             bar.close()
 
 
-def _training_texts(cfg: PrepareConfig, settings: StageSettings, progress: bool) -> Iterator[str]:
+def _source_name(cfg: PrepareConfig) -> str:
+    return f"{cfg.source.type}:{cfg.source.path or ''}"
+
+
+def _training_texts(cfg: PrepareConfig, settings: StageSettings, progress: bool,
+                    tally: RecordTally) -> Iterator[str]:
     """The texts pass 2 would keep (filtered, scrubbed, deduplicated), for tokenizer training."""
     dedup = Deduplicator(cfg.filters.dedup.exact, cfg.filters.dedup.near) if cfg.filters.enabled else None
     stream = _stream(cfg, settings, progress, "tokenizer training")
     try:
         for result in stream:
+            tally.add(result.kinds, result.where)
             verdicts = dedup.decide(result.keys) if dedup is not None else [None] * len(result.candidates)
             for text, verdict in zip(result.texts, verdicts):
                 if verdict is None:
                     yield text
+        tally.finished = True
+    except Exception as err:
+        tally.failure = err  # SentencePiece's trainer swallows it; _build_tokenizer raises it again
+        raise
     finally:
         stream.close()
 
@@ -290,9 +301,15 @@ def _build_tokenizer(cfg: PrepareConfig, settings: StageSettings, out_dir: Path,
         tokenizer = Tokenizer.load(given) if given.is_dir() else Tokenizer.from_sentencepiece(given)
         tokenizer.save(out_dir)
         return tokenizer
-    texts = _training_texts(cfg, settings, progress)
+    tally = RecordTally()
+    texts = _training_texts(cfg, settings, progress, tally)
     try:
         return train_sentencepiece(texts, out_dir, tok.vocab_size, tok.model_type, tok.max_training_chars)
+    except DataError as err:
+        if tally.failure is not None:  # the reader's own error (an unreadable file …)
+            raise tally.failure from None
+        # The whole source read and no text: say what the records were (bad JSON …), not just "empty".
+        raise (tally.no_documents_error(_source_name(cfg)) if tally.finished else None) or err from None
     finally:
         texts.close()  # stops the workers when the trainer had enough characters
 
@@ -307,8 +324,10 @@ def _write_splits(cfg: PrepareConfig, settings: StageSettings, tokenizer: Tokeni
     dedup = Deduplicator(cfg.filters.dedup.exact, cfg.filters.dedup.near) if cfg.filters.enabled else None
     skipped: Counter = Counter()
     languages: Counter = Counter()
+    tally = RecordTally()
     kept = 0
     for result in _stream(cfg, settings, progress, "tokenizing"):
+        tally.add(result.kinds, result.where)
         report.signal_counts(result.signals)
         verdicts = dedup.decide(result.keys) if dedup is not None else [None] * len(result.candidates)
         reasons = list(result.reasons)
@@ -344,6 +363,9 @@ def _write_splits(cfg: PrepareConfig, settings: StageSettings, tokenizer: Tokeni
         shards = writer.close()
         splits[name] = {"docs": docs[name], "tokens": sum(s["tokens"] for s in shards), "shards": shards}
     if docs["train"] == 0:
+        bad_input = tally.no_documents_error(_source_name(cfg))
+        if bad_input is not None:
+            raise bad_input
         raise DataError(
             f"source {cfg.source.type}:{cfg.source.path or ''} gave no training documents "
             f"({report.read} read, {skipped['empty']} empty, {sum(skipped.values()) - skipped['empty']} bad, "

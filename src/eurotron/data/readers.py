@@ -14,6 +14,7 @@ missing_text, text_not_string). eurotron-prepare parses in its worker processes 
 
 from __future__ import annotations
 
+import glob
 import gzip
 import io
 import json
@@ -125,6 +126,12 @@ def _files(source: SourceConfig, suffixes: Sequence[str]) -> List[Path]:
                 f"for source.type={source.type}"
             )
         return found
+    if glob.has_magic(str(path)):
+        # A pattern such as crawl/*.jsonl.gz or data/**/part-*.parquet: the files it matches, sorted.
+        found = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        if not found:
+            raise DataError(f"source.path={source.path}: the pattern matches no file")
+        return found
     raise DataError(f"source.path={source.path}: no such file or directory")
 
 
@@ -158,20 +165,49 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
 
 
 def _jsonl_rows(files: Sequence[Path]) -> Iterator[Tuple[str, bytes]]:
-    """Non-blank lines as bytes; a byte-order mark some Windows tools write is not part of the first."""
+    """Non-blank lines as bytes; a byte-order mark some Windows tools write is not part of the first.
+
+    A file whose first non-blank line opens a JSON array (``[``) or is a lone ``{`` is no JSONL: it
+    is read whole as one JSON value (an array of documents, or one document), see `_whole_json_rows`.
+    """
     for path in files:
         name = str(path)
         with _open_binary(path) as handle:
-            line_no = 0
+            line_no, first = 0, True
             try:
                 for line in handle:
                     line_no += 1
                     if line_no == 1 and line.startswith(b"\xef\xbb\xbf"):
                         line = line[3:]
                     if line and not line.isspace():
+                        if first and (line.lstrip().startswith(b"[") or line.strip() == b"{"):
+                            yield from _whole_json_rows(path, line + handle.read())
+                            break
+                        first = False
                         yield f"{name}:{line_no}", line
             except (OSError, EOFError) as err:
                 raise DataError(f"{path}:{line_no + 1}: cannot read the file ({err})") from err
+
+
+def _whole_json_rows(path: Path, data: bytes) -> Iterator[Tuple[str, bytes]]:
+    """The documents of a file holding one JSON value: an array's items (or the object itself), each
+    re-encoded as one JSONL line so `parse_record` classifies them exactly as JSONL records. The file
+    is parsed in memory (a few times its size): split files of many GB into JSONL instead."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:  # json also accepts NaN and lone surrogates, which parse_record then classifies
+            value = json.loads(data.decode("utf-8", errors="surrogateescape"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            where = f"line {err.lineno} column {err.colno}" if isinstance(err, json.JSONDecodeError) else "bytes"
+            raise DataError(
+                f"{path}: read as one JSON value (it does not start with a JSON object per line), but it is "
+                f"not valid JSON ({getattr(err, 'msg', err)} at {where}); fix the file, or write one JSON "
+                f"object per line (JSONL)"
+            ) from None
+    items = value if isinstance(value, list) else [value]
+    for i, item in enumerate(items, start=1):
+        yield f"{path}: item {i}", json.dumps(item).encode("ascii")
 
 
 # ---------------------------------------------------------------------------------------- Parquet

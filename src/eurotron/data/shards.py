@@ -59,6 +59,7 @@ class ShardWriter:
         self.prefix = prefix
         self.dtype = token_dtype(vocab_size)
         self.max_id = vocab_size - 1
+        self._max_seen = -1
         self.shard_tokens = shard_tokens
         self.flush_tokens = flush_tokens
         self.stats: List[Dict[str, Any]] = []
@@ -137,11 +138,18 @@ class ShardWriter:
         self._buffered = 0
         self._tokens = 0
         self._offsets: List[int] = [0]
+        self._max_seen = -1
 
     def _flush(self) -> None:
         if not self._buffer:
             return
-        data = np.concatenate(self._buffer).tobytes()
+        block = np.concatenate(self._buffer)
+        # Recorded in the manifest, so the loader range-checks ids without scanning the shard.
+        self._max_seen = max(self._max_seen, int(block.max()))
+        if self._max_seen > self.max_id:
+            raise ShardError(f"token id {self._max_seen} is outside the tokenizer's vocabulary "
+                             f"(ids 0..{self.max_id}); the tokenizer reports a wrong vocab_size")
+        data = block.tobytes()
         self._handle.write(data)
         self._hash.update(data)
         self._buffer, self._buffered = [], 0
@@ -161,6 +169,7 @@ class ShardWriter:
             "docs": len(offsets) - 1,
             "tokens": self._tokens,
             "dtype": dtype_name(self.dtype),
+            "max_token_id": self._max_seen,
             "sha256_bin": self._hash.hexdigest(),
             "sha256_idx": hashlib.sha256(idx).hexdigest(),
         })

@@ -140,7 +140,14 @@ class Tokenizer:
 
         if not Path(model_file).is_file():
             raise DataError(f"SentencePiece model {model_file} does not exist")
-        return cls("sentencepiece", spm.SentencePieceProcessor(model_file=str(model_file)))
+        try:
+            processor = spm.SentencePieceProcessor(model_file=str(model_file))
+        except (RuntimeError, OSError) as err:
+            raise DataError(
+                f"{model_file} is not a SentencePiece model ({str(err).strip()}); tokenizer.path must be a "
+                f"tokenizer.model file or a directory written by eurotron-prepare"
+            ) from None
+        return cls("sentencepiece", processor)
 
     @classmethod
     def from_hf(cls, directory: Path | str) -> "Tokenizer":

@@ -98,6 +98,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ set-up
     def _check_vocab(self) -> None:
+        self.dataset.check_vocab(self.cfg.model.vocab_size)  # the largest token id in the shards
         tokenizer_vocab = self.dataset.vocab_size
         if tokenizer_vocab > self.cfg.model.vocab_size:
             raise ConfigError(
