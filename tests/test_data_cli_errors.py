@@ -413,3 +413,32 @@ def test_cli_user_errors_print_no_traceback(tmp_path, bin_dir):
     ]:
         proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_memorization_decoding_never_picks_ids_beyond_the_tokenizer():
+    """A model vocabulary padded beyond the tokenizer's: those ids cannot be decoded, so greedy skips them."""
+    import torch
+
+    from eurotron.audit.memorization import greedy_decode
+
+    def logits_favouring_padding(ids, valid):
+        out = torch.zeros(ids.shape[0], 12)
+        out[:, 11] = 5.0  # a padded id (the tokenizer has 10)
+        out[:, 3] = 1.0
+        return out
+
+    assert greedy_decode(logits_favouring_padding, [[1, 2]], 2, pad_id=0) == [[11, 11]]
+    assert greedy_decode(logits_favouring_padding, [[1, 2]], 2, pad_id=0, vocab_limit=10) == [[3, 3]]
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("filters.dedup.num_perm=0", "filters.dedup.num_perm=0: must be >= 2"),
+    ("filters.dedup.shingle_words=0", "filters.dedup.shingle_words=0: must be >= 1"),
+])
+def test_dedup_settings_out_of_range_are_named(tmp_path, override, expected):
+    from eurotron.compose import compose_prepare
+    from eurotron.data.prepare import prepare
+
+    with pytest.raises(DataError) as err:
+        prepare(compose_prepare([f"output_dir={tmp_path}/out", override]))
+    assert expected in str(err.value)

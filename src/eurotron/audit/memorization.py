@@ -65,9 +65,11 @@ def token_accuracy(candidate: Sequence[int], reference: Sequence[int]) -> float:
 # --------------------------------------------------------------------------------------- decoding
 @torch.no_grad()
 def greedy_decode(next_token_logits: NextTokenFn, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                  pad_id: int, batch_size: int = 16, device: str | torch.device = "cpu") -> List[List[int]]:
+                  pad_id: int, batch_size: int = 16, device: str | torch.device = "cpu",
+                  vocab_limit: Optional[int] = None) -> List[List[int]]:
     """Greedy continuations of `prompts` (each exactly `max_new_tokens` long), batched with left
-    padding; prompts of similar length share a batch."""
+    padding; prompts of similar length share a batch. Ids at or above `vocab_limit` (a model vocabulary
+    padded beyond its tokenizer's) are never chosen: the tokenizer could not decode them."""
     if batch_size < 1:
         raise AuditError(f"batch_size={batch_size}: must be >= 1")
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -86,7 +88,10 @@ def greedy_decode(next_token_logits: NextTokenFn, prompts: Sequence[Sequence[int
         ids, valid = ids.to(device), valid.to(device)
         new = []
         for _ in range(max_new_tokens):
-            token = next_token_logits(ids, valid).argmax(dim=-1, keepdim=True)
+            logits = next_token_logits(ids, valid)
+            if vocab_limit is not None and vocab_limit < logits.shape[-1]:
+                logits[..., vocab_limit:] = float("-inf")
+            token = logits.argmax(dim=-1, keepdim=True)
             new.append(token)
             ids = torch.cat([ids, token], dim=1)
             valid = torch.cat([valid, torch.ones_like(token, dtype=torch.bool)], dim=1)
@@ -302,7 +307,8 @@ def audit_token_documents(model: AuditModel, documents: Sequence[Sequence[int]],
         kept.append(index)
     pad_id = model.tokenizer.pad_id if model.tokenizer.pad_id >= 0 else model.tokenizer.eos_id
     generated = greedy_decode(model.next_token_logits, prompts, suffix_tokens, pad_id,
-                              batch_size=min(batch_size, model.max_batch_size), device=model.device)
+                              batch_size=min(batch_size, model.max_batch_size), device=model.device,
+                              vocab_limit=model.tokenizer.vocab_size)
     eos = model.tokenizer.eos_id
     for index, prompt, suffix, gen in zip(kept, prompts, suffixes, generated):
         if eos in gen:  # the model ended the document: what follows is not part of it

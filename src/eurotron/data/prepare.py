@@ -197,9 +197,8 @@ def _filter_problems(cfg: PrepareConfig) -> list:
             check()
         except DataError as err:
             problems.append(str(err))
-    if f.dedup.near and (f.dedup.num_perm < 2 or f.dedup.shingle_words < 1):
-        problems.append(f"filters.dedup: num_perm={f.dedup.num_perm} must be >= 2 and shingle_words="
-                        f"{f.dedup.shingle_words} >= 1")
+    if f.dedup.near and f.dedup.shingle_words < 1:  # num_perm: lsh_parameters above
+        problems.append(f"filters.dedup.shingle_words={f.dedup.shingle_words}: must be >= 1 (words per shingle; 5 is usual)")
     if uses_snapshot(f):
         if not f.snapshot:
             problems.append("filters.snapshot is not set: the opt-out filter decides from a snapshot (build one "

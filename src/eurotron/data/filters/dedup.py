@@ -151,6 +151,8 @@ def lsh_parameters(threshold: float, num_perm: int) -> Tuple[int, int]:
     false negatives above it (areas under the S-curve 1 - (1 - s^rows)^bands), equally weighted."""
     if not 0.0 < threshold < 1.0:
         raise DataError(f"filters.dedup.threshold={threshold}: must lie strictly between 0 and 1")
+    if num_perm < 2:
+        raise DataError(f"filters.dedup.num_perm={num_perm}: must be >= 2 (MinHash bins; 128 is usual)")
     s = np.linspace(0.0, 1.0, 1001)
     best: Optional[Tuple[float, int, int]] = None
     for bands in range(1, num_perm + 1):
