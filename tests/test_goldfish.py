@@ -324,7 +324,7 @@ def test_config_validation_of_goldfish_settings():
     cfg, _ = compose_train(["data.path=unused", "loss=goldfish", "data.seq_len=32", "loss.h=33", "loss.k=0"])
     with pytest.raises(ConfigError) as err:
         validate_train_config(cfg)
-    assert "loss.h=33: exceeds data.seq_len=32" in str(err.value) and "loss.k=0: must be >= 1" in str(err.value)
+    assert "loss.h=33: exceeds data.seq_len=32" in str(err.value) and "loss.k=0: must be >= 2" in str(err.value)
     cfg, _ = compose_train(["data.path=unused", "loss=goldfish", "data.seq_len=32", "loss.h=32"])
     validate_train_config(cfg)
 
