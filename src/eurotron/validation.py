@@ -29,7 +29,7 @@ DECAY_SHAPES = ("1-sqrt", "linear", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "gloo", "nccl")
-RESUME_MODES = ("auto", "never")
+RESUME_MODES = ("auto", "never", "restart")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 GENERATION_STRATEGIES = ("greedy", "top_p")
 
