@@ -85,20 +85,21 @@ def resumable_checkpoint(run_dir: Path) -> Optional[Path]:
     if not candidates and not skipped:
         return None
 
+    reasons: List[str] = []
+
     def report(line: str) -> None:
-        skipped.append(line)
+        reasons.append(line)
         if is_main_process():
             print(f"eurotron: warning: {line}", file=sys.stderr, flush=True)
 
-    for line in list(skipped):
-        skipped.remove(line)
+    for line in skipped:
         report(line)
     found = first_verified(candidates, verify_checkpoint, report)
     if found is None:
         raise CheckpointError(
-            f"no intact checkpoint in {root} to resume from ({'; '.join(skipped)}). Restore the files, or "
+            f"no intact checkpoint in {root} to resume from ({'; '.join(reasons)}). Restore the files, or "
             f"start over with checkpoint.resume=restart (moves them to {run_dir / 'previous'}/)"
         )
-    if skipped and is_main_process():
+    if reasons and is_main_process():
         print(f"eurotron: resuming from {found.name}, the newest checkpoint that verified", flush=True)
     return found
