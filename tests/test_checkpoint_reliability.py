@@ -163,6 +163,18 @@ def test_resume_never_refuses_and_restart_moves_the_old_run(dataset, trained, tm
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000004"
 
 
+def test_a_fresh_start_beside_old_metrics_moves_them_aside(tmp_path):
+    from eurotron.train import checkpoint_run_dir
+
+    for mode in ("never", "auto"):  # no checkpoints to resume: both start fresh
+        run = tmp_path / mode
+        run.mkdir()
+        (run / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n')
+        moved = checkpoint_run_dir.prepare(run, mode)
+        assert not (run / "metrics.jsonl").exists() and (moved / "metrics.jsonl").exists()
+        assert moved.parent == run / "previous"
+
+
 # ------------------------------------------------------------------------------ disk, environment
 def test_not_enough_space_keeps_latest_and_leaves_no_tmp(dataset, trained, tmp_path, monkeypatch):
     run = copy_run(trained, tmp_path)

@@ -55,7 +55,10 @@ def check(run_dir: Path, mode: str) -> None:
 
 def _starts_fresh(run_dir: Path, mode: str) -> bool:
     root = run_dir / CHECKPOINTS
-    return mode == "restart" or (mode == "auto" and not complete_checkpoints(root) and not (root / "latest").exists())
+    # never: check() already refused old checkpoints, so only an old metrics.jsonl can be moved here.
+    if mode in ("restart", "never"):
+        return True
+    return not complete_checkpoints(root) and not (root / "latest").exists()
 
 
 def prepare(run_dir: Path, mode: str) -> Optional[Path]:
