@@ -89,7 +89,8 @@ class DCPTensorReader:
         # A checkpoint around this directory with a manifest is verified first: a corrupt shard would
         # otherwise convert silently into garbage weights (DCP has no checksums of its own).
         if (self.path.parent / MANIFEST).is_file() or (self.path.parent / "trainer.json").is_file():
-            verify_checkpoint(self.path.parent)  # an old eurotron checkpoint without one: warned once
+            # One process reads everything here, so it verifies everything (no collective).
+            verify_checkpoint(self.path.parent, collective=False)  # no manifest (older eurotron): warned once
         self._reader = _CachedMetadataReader(self.path)
         try:
             metadata = self._reader.read_metadata()

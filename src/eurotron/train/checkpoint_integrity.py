@@ -89,10 +89,11 @@ def _gather(items: List[str]) -> List[str]:
     return sorted({x for part in gathered for x in (part or [])})
 
 
-def verify_checkpoint(step_dir: Path, only: Optional[Iterable[str]] = None) -> bool:
+def verify_checkpoint(step_dir: Path, collective: bool = True) -> bool:
     """Raise CorruptCheckpointError naming the first bad file; False when there is no manifest (an old
-    checkpoint: warned once). Collective under a process group: each rank hashes a share of the files.
-    ``only``: the subset of files (relative paths) the caller will read."""
+    checkpoint: warned once). Collective under a process group unless ``collective=False``: each rank
+    hashes a share of the files and every rank sees every finding."""
+    together = collective and dist.is_initialized()
     step_dir = Path(step_dir)
     try:
         files = read_manifest(step_dir)
@@ -101,15 +102,16 @@ def verify_checkpoint(step_dir: Path, only: Optional[Iterable[str]] = None) -> b
         files, problems = {}, [str(err)]
     if files is None:
         _warn_no_manifest(step_dir)
-        _gather([])  # keep the collective sequence the same on every rank
+        if together:
+            _gather([])  # keep the collective sequence the same on every rank
         return False
-    names = sorted(files if only is None else [n for n in files if n in set(only)])
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    names = sorted(files)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if together else (0, 1)
     for name in names[rank::world]:
         found = check_file(step_dir, name, files[name])
         if found:
             problems.append(found)
-    problems = _gather(problems)
+    problems = _gather(problems) if together else problems
     if problems:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise CorruptCheckpointError(f"{problems[0]}{more}")
