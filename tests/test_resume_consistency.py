@@ -8,6 +8,7 @@ import pytest
 
 from eurotron.compose import compose_prepare, compose_train
 from eurotron.config import ConfigError, ModelConfig
+from eurotron.errors import UserError
 from eurotron.train.checkpoint import latest_checkpoint
 from eurotron.train.metrics import read_metrics
 from eurotron.train.resume_config import check_checkpoint_keys
@@ -107,9 +108,12 @@ def test_unchanged_resume_records_no_change(dataset, half_run, tmp_path):
 
 def test_a_broken_checkpoint_config_is_one_clear_error(dataset, half_run, tmp_path):
     run_dir = copy_of(half_run, tmp_path)
-    config = latest_checkpoint(run_dir / "checkpoints") / "config.yaml"
-    config.write_text("model: {num_layers: 2\n")
-    with pytest.raises(ConfigError, match="config.yaml is not valid YAML"):
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    (ckpt / "config.yaml").write_text("model: {num_layers: 2\n")
+    with pytest.raises(UserError, match="config.yaml is truncated"):  # the checksums catch it first
+        trainer_for(overrides(dataset, run_dir)).fit()
+    (ckpt / "checksums.json").unlink()  # a checkpoint from before checksums: the YAML reader names it
+    with pytest.raises(ConfigError, match="config.yaml is not valid YAML at line 2"):
         trainer_for(overrides(dataset, run_dir)).fit()
 
 

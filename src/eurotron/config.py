@@ -341,9 +341,14 @@ class ClusterConfig:
 class CheckpointConfig:
     every: int = 100
     keep_last: int = 3
-    # auto: resume from <run_dir>/checkpoints/latest when it exists; never: start fresh.
+    # auto: resume from <run_dir>/checkpoints/latest when it exists (verified; a corrupt one falls back to
+    # the previous intact one); never: start fresh, refused when run_dir holds checkpoints; restart: move
+    # the old run's checkpoints/ and metrics to <run_dir>/previous/<UTC time>/, then start fresh.
     resume: str = "auto"
     save_final: bool = True
+    # Write shards in a background thread from a host-memory copy (DCP async_save); the checkpoint is
+    # renamed into place and `latest` updated when the write finished (at the next save or at exit).
+    async_save: bool = False
 
 
 @dataclass

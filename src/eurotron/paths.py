@@ -21,3 +21,21 @@ def config_dir() -> Path:
         "eurotron cannot find its configs/ tree; install from a checkout with `pip install -e .` "
         "or set EUROTRON_CONFIG_DIR=/path/to/eurotron/configs"
     )
+
+
+def ensure_writable_dir(path: Path, key: str, value: object = None) -> Path:
+    """Create ``path`` if needed and prove it writable with a probe file; a UserError naming ``key`` (set to
+    ``value``, default ``path``) if not: checked up front, so a read-only directory fails before any work."""
+    from .errors import UserError
+
+    path = Path(path).expanduser()
+    probe = path / f".eurotron-write-test-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        where = f"{key}={path}" if value is None else f"{key}={value}: {path}"
+        raise UserError(f"{where} is not a writable directory ({err.strerror or err}); choose a directory "
+                        f"you can write to, or fix its permissions") from None
+    return path

@@ -31,6 +31,7 @@ from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, Metadata
 from torch.distributed.checkpoint.planner import LoadPlan, ReadItem
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
+from ..train.checkpoint_integrity import MANIFEST, verify_checkpoint
 from .errors import ConvertError
 
 MODEL_PREFIX = "model."
@@ -85,6 +86,11 @@ class DCPTensorReader:
                 f"{self.path} {what}: not a complete torch.distributed.checkpoint directory "
                 f"(an interrupted save leaves no {METADATA_FILE}; use an earlier step)"
             )
+        # A checkpoint around this directory with a manifest is verified first: a corrupt shard would
+        # otherwise convert silently into garbage weights (DCP has no checksums of its own).
+        if (self.path.parent / MANIFEST).is_file() or (self.path.parent / "trainer.json").is_file():
+            # One process reads everything here, so it verifies everything (no collective).
+            verify_checkpoint(self.path.parent, collective=False)  # no manifest (older eurotron): warned once
         self._reader = _CachedMetadataReader(self.path)
         try:
             metadata = self._reader.read_metadata()
@@ -95,15 +101,19 @@ class DCPTensorReader:
             for key, value in metadata.state_dict_metadata.items()
             if key.startswith(prefix) and isinstance(value, TensorStorageMetadata)
         }
-        self._check_files(metadata)
+        self._check_files(self._needed_files(metadata))
 
-    def _check_files(self, metadata: Metadata) -> None:
-        """Every data file a model tensor lives in must exist and be long enough (missing shard check)."""
+    def _needed_files(self, metadata: Metadata) -> Dict[str, int]:
+        """{data file: bytes it must hold} for the tensors under the prefix."""
         needed: Dict[str, int] = {}
         for index, info in metadata.storage_data.items():
             if index.fqn.startswith(self.prefix):
                 end = info.offset + info.length
                 needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
+        return needed
+
+    def _check_files(self, needed: Dict[str, int]) -> None:
+        """Every data file a model tensor lives in must exist and be long enough (missing shard check)."""
         problems: List[str] = []
         for name, end in sorted(needed.items()):
             file = self.path / name

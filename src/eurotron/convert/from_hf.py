@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 
 from ..config import DataConfig, ModelConfig, TrainConfig
 from ..train.checkpoint import CONFIG_FILE, SHARDS_DIR, TOKENIZER_DIR, TRAINER_FILE
+from ..train.checkpoint_integrity import write_manifest
 from .dcp_writer import write_model_checkpoint
 from .errors import ConvertError
 from .families import IGNORED_HF_SUFFIXES, Family, TensorSpec, hf_constants, model_config_from_hf, tensor_specs
@@ -152,5 +153,6 @@ def convert_from_hf(
         trainer_state = {"step": 0, "tokens_seen": 0, "converted_from": str(source),
                          "hf_architecture": family.architecture}
         (staging / TRAINER_FILE).write_text(json.dumps(trainer_state, indent=2) + "\n")
+        write_manifest(staging, {})  # checksums, as the trainer's checkpoints carry
     num_params = sum(torch.Size(s.shape).numel() for s in specs if not s.tied)
     return FromHFResult(Path(ckpt_dir), family.name, model_name, len(specs), num_params, warnings)

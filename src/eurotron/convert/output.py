@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
+from ..paths import ensure_writable_dir
 from .errors import ConvertError
 
 
@@ -21,7 +22,7 @@ def staged_output_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
         raise ConvertError(f"{out_dir} exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise ConvertError(f"{out_dir} exists and is not empty; choose a new directory or pass --overwrite")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(out_dir.parent, "output directory", out_dir)
     staging = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import ModelConfig, load_config_file
 from ..train.checkpoint import CONFIG_FILE, SHARDS_DIR, TOKENIZER_DIR, TRAINER_FILE, resolve_checkpoint
+from ..paths import ensure_writable_dir
 from .dcp_reader import DCPTensorReader
 from .errors import ConvertError
 from .families import Family, TensorSpec, family_for_config, hf_config_dict, hf_constants, tensor_specs
@@ -138,6 +139,7 @@ def convert_to_hf(
     if dtype not in DTYPES:
         raise ConvertError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     out_dtype = DTYPES[dtype]
+    ensure_writable_dir(Path(out_dir).parent, "output directory", out_dir)  # before minutes of reading
     ckpt = resolve_checkpoint(Path(checkpoint))
     model_cfg, run_config = load_run_config(ckpt)
     family: Family = family_for_config(model_cfg)

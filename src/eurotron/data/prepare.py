@@ -34,6 +34,7 @@ import numpy as np
 from .. import __version__
 from ..config import PrepareConfig, to_object
 from .bad_records import RecordTally
+from ..paths import ensure_writable_dir
 from .errors import DataError
 from .filters.dedup import lsh_parameters
 from .filters.dedup_index import Deduplicator
@@ -57,6 +58,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> Dict[str, Any]:
     _check_config(cfg)
     out = Path(cfg.output_dir).expanduser().resolve()
     _check_output(out, cfg.overwrite)
+    ensure_writable_dir(out.parent, "output_dir", out)  # up front, not after the tokenizer is trained
     settings = _stage_settings(cfg)
     with _staging_dir(out) as tmp:
         started = time.perf_counter()

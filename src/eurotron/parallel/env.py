@@ -46,7 +46,11 @@ def process_env() -> ProcessEnv:
 def select_device(requested: str, local_rank: int) -> torch.device:
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("cluster.device=cuda but no GPU is visible; use cluster.device=cpu or auto")
+            from ..config import ConfigError  # a user error: printed without a traceback
+
+            raise ConfigError("cluster.device=cuda but no GPU is visible to this process (torch.cuda.is_available() "
+                              "is False); use cluster.device=cpu or auto, or run on a GPU node with a CUDA build "
+                              "of PyTorch")
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")

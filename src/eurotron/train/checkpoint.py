@@ -7,8 +7,11 @@ Layout of one checkpoint, `<run_dir>/checkpoints/step_<N>/`:
   rng/rank_<r>.pt  each rank's RNG states
   config.yaml    the resolved run config
   tokenizer/     the tokenizer the data was prepared with
+  checksums.json size and sha256 of every file above (checkpoint_integrity.py), verified on load
 Everything is written into `.tmp_step_<N>` and renamed into place; `latest` is updated last, so a
-crash mid-save never leaves a checkpoint that looks complete.
+crash mid-save never leaves a checkpoint that looks complete. With ``async_save`` the shards are
+written by DCP in a background thread from a copy in host memory; the checksums, the rename and
+`latest` follow only once every rank's write finished (checkpoint_async.py).
 
 Layout independence: every rank contributes the DTensor shards (TP, FSDP) or replicas it holds, under
 the whole model's FQNs (a pipeline stage holds a subset of them; several stages on one rank are
@@ -23,7 +26,6 @@ the new layout holds and DCP reads them from whatever files hold them.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import warnings
@@ -42,12 +44,13 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from ..errors import UserError
 from ..parallel.env import barrier, is_main_process
+from .checkpoint_async import PendingSave, SaveWriter, write_text_atomic
+from .checkpoint_errors import CheckpointError, CorruptCheckpointError, NotEnoughSpaceError  # noqa: F401
+from .checkpoint_integrity import verify_checkpoint
+from .checkpoint_retention import LATEST, STEP_PREFIX, TRAINER_FILE, complete_checkpoints
+from .checkpoint_space import check_free_space, expected_bytes, tensor_bytes
 
-LATEST = "latest"
-STEP_PREFIX = "step_"
-TRAINER_FILE = "trainer.json"
 CONFIG_FILE = "config.yaml"
 SHARDS_DIR = "model_optim"
 TOKENIZER_DIR = "tokenizer"
@@ -62,10 +65,6 @@ _TIED_COPY, _TIED_CANONICAL = "output.weight.", "tok_embeddings.weight."
 
 # DCP warns on every single-process save/load; a single process is a supported layout here.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
-
-
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint is missing or incomplete; the message says which and what to do."""
 
 
 def _rank() -> int:
@@ -153,65 +152,80 @@ def optimizer_state(part: torch.nn.Module, optimizer: torch.optim.Optimizer) -> 
     return _rename_tied(get_optimizer_state_dict(part, optimizer, options=FLAT_OPTIM), part, to_canonical=True)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class CheckpointManager:
-    def __init__(self, checkpoint_root: Path, keep_last: int, tokenizer_dir: Optional[Path] = None) -> None:
+    def __init__(self, checkpoint_root: Path, keep_last: int, tokenizer_dir: Optional[Path] = None,
+                 async_save: bool = False) -> None:
+        """Collective when ``async_save`` under a process group (it creates the writer's gloo group)."""
         self.root = Path(checkpoint_root)
         self.keep_last = keep_last
         # Copied into every checkpoint so one step directory is enough to generate or convert.
         self.tokenizer_dir = tokenizer_dir
+        self.writer = SaveWriter(self.root, keep_last, async_save)
 
     def save(self, step: int, model: Parts, optimizer: Optimizers,
              trainer_state: Dict[str, Any], config_yaml: str) -> Path:
-        """Write one checkpoint (collective: every rank calls it with the model parts it holds)."""
+        """Write one checkpoint (collective: every rank calls it with the model parts it holds). With
+        async_save it returns once the state is copied to host memory; `wait` commits it."""
+        self.wait()  # at most one save in flight
         final = step_dir(self.root, step)
         tmp = self.root / f".tmp_{final.name}"
+        parts, optimizers = _as_list(model), _as_list(optimizer)
+        state: Dict[str, Any] = {"model": {}, "optim": {}}
+        for part, opt in zip(parts, optimizers):
+            state["model"].update(get_model_state_dict(part))
+            state["optim"].update(optimizer_state(part, opt))
+        self._check_space(state)
         if is_main_process():
             self.root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
             (tmp / "rng").mkdir()
         barrier()
-        parts, optimizers = _as_list(model), _as_list(optimizer)
-        state: Dict[str, Any] = {"model": {}, "optim": {}}
-        for part, opt in zip(parts, optimizers):
-            state["model"].update(get_model_state_dict(part))
-            state["optim"].update(optimizer_state(part, opt))
-        dcp.save(state, checkpoint_id=str(tmp / SHARDS_DIR))
         torch.save(rng_state(), tmp / "rng" / f"rank_{_rank()}.pt")
-        barrier()
         if is_main_process():
             (tmp / CONFIG_FILE).write_text(config_yaml)
             if self.tokenizer_dir is not None:
                 shutil.copytree(self.tokenizer_dir, tmp / TOKENIZER_DIR)
-            _write_text_atomic(tmp / TRAINER_FILE, json.dumps({"step": step, **trainer_state}, indent=2))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _write_text_atomic(self.root / LATEST, final.name + "\n")
-            self._prune()
-        barrier()
+            write_text_atomic(tmp / TRAINER_FILE, json.dumps({"step": step, **trainer_state}, indent=2))
+        self.writer.start(PendingSave(step, tmp, final), state, SHARDS_DIR)
         return final
 
-    def _prune(self) -> None:
-        steps: List[Path] = sorted(p for p in self.root.glob(f"{STEP_PREFIX}*") if p.is_dir())
-        for old in steps[: max(len(steps) - self.keep_last, 0)]:
-            shutil.rmtree(old, ignore_errors=True)
+    def wait(self) -> Optional[Path]:
+        """Finish the save in flight, if any: every rank's write, checksums, rename, `latest`, pruning.
+        Collective; raises CheckpointError on every rank when any rank's write failed."""
+        return self.writer.wait()
+
+    def _check_space(self, state: Dict[str, Any]) -> None:
+        """Refuse (on every rank alike) before writing when the file system cannot hold the checkpoint."""
+        sizes = tensor_bytes(state)
+        if dist.is_initialized():  # each tensor once, whatever the layout: union of names over ranks
+            gathered: List[Optional[Dict[str, int]]] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, sizes)
+            sizes = {k: v for part in gathered for k, v in (part or {}).items()}
+        verdict: List[Optional[str]] = [None]
+        if is_main_process():
+            ckpts = complete_checkpoints(self.root)
+            try:
+                check_free_space(self.root, expected_bytes(sum(sizes.values()), ckpts[-1][1] if ckpts else None))
+            except CheckpointError as err:
+                verdict[0] = str(err)
+        if dist.is_initialized():
+            dist.broadcast_object_list(verdict, src=0)
+        if verdict[0] is not None:
+            raise NotEnoughSpaceError(verdict[0])
 
 
-def load_checkpoint(path: Path, model: Parts, optimizer: Optimizers) -> Dict[str, Any]:
+def load_checkpoint(path: Path, model: Parts, optimizer: Optimizers, verify: bool = True) -> Dict[str, Any]:
     """Load model (and optimizer) state into the live objects, whatever layout wrote the checkpoint;
     returns trainer.json's contents. ``model``/``optimizer``: one, or this rank's parts (one optimizer
-    per part). Collective under a process group; every rank holds the same number of parts."""
+    per part). Collective under a process group; every rank holds the same number of parts.
+    ``verify``: check the files against checksums.json first (CorruptCheckpointError names a bad one)."""
     path = Path(path)
     trainer_file = path / TRAINER_FILE
     if not trainer_file.exists():
         raise CheckpointError(f"{path} is not a complete checkpoint (no {TRAINER_FILE})")
+    if verify:
+        verify_checkpoint(path)
     parts, optimizers = _as_list(model), _as_list(optimizer)
     for i, part in enumerate(parts):
         opt = optimizers[i] if optimizers else None

@@ -18,6 +18,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from ..config import ConfigError, ModelConfig, load_config_file
 from ..parallel.env import is_main_process
 from .checkpoint import CONFIG_FILE, SHARDS_DIR, resolve_checkpoint
+from .checkpoint_integrity import verify_checkpoint
 
 # Fields that decide which tensors exist and their shapes: they must match the checkpoint's.
 SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "ffn_hidden_size", "mlp",
@@ -64,6 +65,7 @@ def load_initial_weights(
     ckpt = resolve_checkpoint(Path(init_from))
     if not (ckpt / SHARDS_DIR).is_dir():
         raise ConfigError(f"train.init_from={init_from}: {ckpt} has no {SHARDS_DIR}/ directory of weights")
+    verify_checkpoint(ckpt)  # checksums first: a corrupt shard would load silently into garbage weights
     theirs = _source_model_config(ckpt)
     notes = compare_model_configs(model_cfg, theirs, init_from) if theirs is not None else []
     parts: Iterable[torch.nn.Module] = [model] if isinstance(model, torch.nn.Module) else list(model)

@@ -31,8 +31,8 @@ from ..parallel.env import ProcessEnv, is_main_process, process_env, select_devi
 from ..parallel.layout import format_layout, gather_counts
 from ..parallel.mesh import build_mesh, init_distributed, resolve_backend
 from ..parallel.parallelize import parallelize
-from .checkpoint import CheckpointManager, latest_checkpoint, load_checkpoint
-from . import preemption, resume_config
+from .checkpoint import CheckpointManager, load_checkpoint
+from . import checkpoint_run_dir, preemption, resume_config
 from .loss import summed_cross_entropy
 from .goodput import Goodput
 from .metrics import MetricsLogger
@@ -61,6 +61,7 @@ class Trainer:
                 f"but {self.env.world_size} were launched; change the layout or the launch"
             )
         init_distributed(self.env, self.device, cfg.cluster.backend, cfg.cluster.collective_timeout_minutes)
+        checkpoint_run_dir.check(self.run_dir, cfg.checkpoint.resume)  # before any work: writable, no clobbering
         self.pmesh = build_mesh(cfg.parallel, self.device)
         # Data-parallel coordinates; a single process is DP rank 0 of 1.
         self.dp_rank, self.dp_size, self.dp_group = self.pmesh.dp_rank, self.pmesh.dp_size, self.pmesh.dp_group
@@ -88,7 +89,8 @@ class Trainer:
         )
         self.eval_dataset = self._open_eval_split()
         self.checkpoints = CheckpointManager(
-            self.run_dir / "checkpoints", cfg.checkpoint.keep_last, tokenizer_dir=self.dataset.tokenizer_dir
+            self.run_dir / "checkpoints", cfg.checkpoint.keep_last, tokenizer_dir=self.dataset.tokenizer_dir,
+            async_save=cfg.checkpoint.async_save,
         )
         self.step = 0
         self.tokens_seen = 0
@@ -120,22 +122,22 @@ class Trainer:
                   flush=True)
 
     def _prepare_run_dir(self) -> None:
-        if not is_main_process():
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / RESOLVED_CONFIG).write_text(self.config_yaml)
+        # restart (or a fresh start beside an old metrics.jsonl) moves the old run aside first.
+        checkpoint_run_dir.prepare(self.run_dir, self.cfg.checkpoint.resume)
+        if is_main_process():
+            (self.run_dir / RESOLVED_CONFIG).write_text(self.config_yaml)
 
     def _maybe_resume(self) -> None:
-        if self.cfg.checkpoint.resume == "never":
+        if self.cfg.checkpoint.resume != "auto":
             return
-        found = latest_checkpoint(self.run_dir / "checkpoints")
+        found = checkpoint_run_dir.resumable_checkpoint(self.run_dir)  # verified; falls back past corrupt ones
         if found is None:
             return
         saved_cfg = resume_config.checkpoint_train_config(found)
         resume_config.check_same_model(self.cfg, saved_cfg, found)
         resume_config.check_checkpoint_keys(resume_config.checkpoint_tensor_keys(found), self.cfg.model, found)
         built_groups = [resume_config.group_settings(opt) for opt in self.optimizers]
-        state = load_checkpoint(found, self.model_parts, self.optimizers)
+        state = load_checkpoint(found, self.model_parts, self.optimizers, verify=False)
         for scheduler in self.schedulers:
             scheduler.load_state_dict(state["scheduler"])
         self.loader.load_state_dict(state["data"])
@@ -280,7 +282,7 @@ class Trainer:
         if self.resume_changes:
             logger.log_event({"step": self.step, "event": "resume_config_change",
                               "changes": {c.key: {"from": c.old, "to": c.new} for c in self.resume_changes}})
-        goodput = self._goodput = Goodput(self.run_dir, self.step, fresh=cfg.checkpoint.resume == "never",
+        goodput = self._goodput = Goodput(self.run_dir, self.step, fresh=cfg.checkpoint.resume != "auto",
                                           enabled=is_main_process())
         watchdog = self._watchdog = Watchdog(cfg.train.hang_timeout_s, cfg.train.hang_timeout_save_s,
                                              cfg.eval.batches, goodput.median_step_s)
@@ -313,6 +315,8 @@ class Trainer:
                         break
             if cfg.checkpoint.save_final and saved_at != self.step:
                 self.checkpoint_now()
+            with watchdog.save(self.step), goodput.phase("checkpoint_s"):
+                self.checkpoints.wait()  # an asynchronous save still in flight is committed before exiting
             ended = "finished" if self.step >= cfg.train.steps else "stopped"
         finally:
             watchdog.close()
