@@ -181,12 +181,16 @@ class CheckpointManager:
             tmp.mkdir()
             (tmp / "rng").mkdir()
         barrier()
-        torch.save(rng_state(), tmp / "rng" / f"rank_{_rank()}.pt")
-        if is_main_process():
-            (tmp / CONFIG_FILE).write_text(config_yaml)
-            if self.tokenizer_dir is not None:
-                shutil.copytree(self.tokenizer_dir, tmp / TOKENIZER_DIR)
-            write_text_atomic(tmp / TRAINER_FILE, json.dumps({"step": step, **trainer_state}, indent=2))
+        try:
+            torch.save(rng_state(), tmp / "rng" / f"rank_{_rank()}.pt")
+            if is_main_process():
+                (tmp / CONFIG_FILE).write_text(config_yaml)
+                if self.tokenizer_dir is not None:
+                    shutil.copytree(self.tokenizer_dir, tmp / TOKENIZER_DIR)
+                write_text_atomic(tmp / TRAINER_FILE, json.dumps({"step": step, **trainer_state}, indent=2))
+        except OSError as err:  # e.g. the disk filled up anyway: no half-written directory stays behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointError(f"checkpoint {final} was not written ({err}); `latest` is unchanged") from err
         self.writer.start(PendingSave(step, tmp, final), state, SHARDS_DIR)
         return final
 
