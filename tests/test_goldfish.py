@@ -437,6 +437,7 @@ def _oracle_model(documents, tokenizer, wrong_at=None):
 
 class _FakeTokenizer:
     bos_id, eos_id, pad_id = 1, 2, 0
+    vocab_size = 64  # as wide as the oracle's logits
 
     def decode(self, ids):
         return " ".join(map(str, ids))

@@ -70,12 +70,14 @@ def copy_of(run_dir: Path, tmp_path: Path) -> Path:
 def test_resume_refuses_another_model_naming_every_key(dataset, half_run, tmp_path, changed, keys):
     run_dir = copy_of(half_run, tmp_path)
     before = (run_dir / "metrics.jsonl").read_text()
+    config_before = (run_dir / "config.yaml").read_text()
     with pytest.raises(ConfigError) as err:
         trainer_for(overrides(dataset, run_dir, *changed)).fit()
     for key in keys:
         assert key in str(err.value)
     assert "cannot resume" in str(err.value)
     assert (run_dir / "metrics.jsonl").read_text() == before  # nothing trained
+    assert (run_dir / "config.yaml").read_text() == config_before  # still the config that trained it
 
 
 def test_optimizer_and_schedule_changes_apply_from_the_resumed_step(dataset, half_run, tmp_path, capsys):

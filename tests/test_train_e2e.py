@@ -141,4 +141,4 @@ def test_generate_cli(dataset, tmp_path, bin_dir):
     assert a.returncode == 0, a.stderr
     assert a.stdout == b.stdout and "Die" in a.stdout  # greedy decoding is deterministic
     bad = subprocess.run([str(bin_dir / "eurotron-generate"), str(tmp_path / "nowhere")], capture_output=True, text=True)
-    assert bad.returncode == 2 and "no eurotron checkpoint" in bad.stderr
+    assert bad.returncode == 2 and "no such directory" in bad.stderr and "Traceback" not in bad.stderr

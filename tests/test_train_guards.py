@@ -291,4 +291,4 @@ def test_goodput_counts_work_lost_to_a_restart(dataset, tmp_path):
     productive = job["train_s"] - job["skipped_s"] - job["lost_s"]
     assert job["goodput_pct"] == pytest.approx(100 * productive / job["wall_s"], rel=1e-3)
     last = strict_records(run)[8]
-    assert last["time_lost_s"] == pytest.approx(second["lost_s"], rel=1e-2)
+    assert last["time_lost_s"] == pytest.approx(second["lost_s"], rel=1e-2, abs=1e-3)  # records: 3 decimals

@@ -23,17 +23,22 @@ def config_dir() -> Path:
     )
 
 
-def ensure_writable_dir(path: Path, key: str, value: object = None) -> Path:
+def ensure_writable_dir(path: Path, key: str, value: object = None, keep_created: bool = True) -> Path:
     """Create ``path`` if needed and prove it writable with a probe file; a UserError naming ``key`` (set to
-    ``value``, default ``path``) if not: checked up front, so a read-only directory fails before any work."""
+    ``value``, default ``path``) if not: checked up front, so a read-only directory fails before any work.
+    ``keep_created=False`` removes the directories the check created (a run that fails leaves nothing)."""
     from .errors import UserError
 
     path = Path(path).expanduser()
     probe = path / f".eurotron-write-test-{os.getpid()}"
+    created = [p for p in (path, *path.parents) if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
         probe.unlink()
+        if not keep_created:
+            for directory in created:  # deepest first
+                directory.rmdir()
     except OSError as err:
         where = f"{key}={path}" if value is None else f"{key}={value}: {path}"
         raise UserError(f"{where} is not a writable directory ({err.strerror or err}); choose a directory "

@@ -58,7 +58,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> Dict[str, Any]:
     _check_config(cfg)
     out = Path(cfg.output_dir).expanduser().resolve()
     _check_output(out, cfg.overwrite)
-    ensure_writable_dir(out.parent, "output_dir", out)  # up front, not after the tokenizer is trained
+    ensure_writable_dir(out.parent, "output_dir", out, keep_created=False)  # up front, not after the tokenizer is trained
     settings = _stage_settings(cfg)
     with _staging_dir(out) as tmp:
         started = time.perf_counter()

@@ -173,7 +173,7 @@ class Goodput:
 
 def _rounded(value: Any) -> Any:
     if isinstance(value, float):
-        return round(value, 4)
+        return round(value, 6)  # microseconds: short CPU steps keep their relative precision
     if isinstance(value, dict):
         return {k: _rounded(v) for k, v in value.items()}
     if isinstance(value, list):

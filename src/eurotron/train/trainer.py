@@ -95,6 +95,10 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.resume_changes: List[resume_config.SettingChange] = []  # optimizer/schedule settings changed on resume
+        self.guard = NonFiniteGuard(cfg.train)  # non-finite and loss-spike steps are skipped or stop the run
+        # Set by fit() for its duration: every save in the loop is watched for hangs and timed for goodput.
+        self._watchdog: Optional[Watchdog] = None
+        self._goodput: Optional[Goodput] = None
         self.flops_per_token = model_flops_per_token(cfg.model, cfg.data.seq_len)
         self._print_layout()
 
@@ -124,6 +128,9 @@ class Trainer:
     def _prepare_run_dir(self) -> None:
         # restart (or a fresh start beside an old metrics.jsonl) moves the old run aside first.
         checkpoint_run_dir.prepare(self.run_dir, self.cfg.checkpoint.resume)
+
+    def _write_resolved_config(self) -> None:
+        """After the resume checks: a refused resume leaves the run's config.yaml as it was."""
         if is_main_process():
             (self.run_dir / RESOLVED_CONFIG).write_text(self.config_yaml)
 
@@ -172,15 +179,6 @@ class Trainer:
         if self.dp_group is not None:
             dist.all_reduce(value, group=self.dp_group)
         return value
-
-    @property
-    def guard(self) -> NonFiniteGuard:
-        """The non-finite / loss-spike guard (created on first use, so train_step also works outside fit)."""
-        if self._guard is None:
-            self._guard = NonFiniteGuard(self.cfg.train)
-        return self._guard
-
-    _guard: Optional[NonFiniteGuard] = None
 
     def train_step(self) -> Dict[str, Any]:
         started = time.perf_counter()
@@ -266,13 +264,11 @@ class Trainer:
                                     self.run_dir / "checkpoints")
             return self.save_checkpoint()
 
-    _watchdog: Optional[Watchdog] = None
-    _goodput: Optional[Goodput] = None
-
     def fit(self) -> Dict[str, Any]:
         cfg = self.cfg
         self._prepare_run_dir()
         self._maybe_resume()
+        self._write_resolved_config()
         if self.step == 0 and cfg.train.init_from:  # no checkpoint resumed: start from given weights
             from .init_from import load_initial_weights
 
