@@ -310,8 +310,9 @@ class ClusterConfig:
     # How long a collective may wait before the process group gives up with an error (a hung rank,
     # a node lost): raise it for slow first steps on big jobs (e.g. compile, checkpoint loads).
     collective_timeout_minutes: float = 30.0
-    # Peak dense bf16 FLOP/s of one accelerator (fp32 on CPU), for MFU.
-    peak_flops: float = 1.9e11
+    # Peak dense bf16 FLOP/s of one accelerator (fp32 on CPU), for MFU; null: detected from the device
+    # at run time (train/mfu.py: known GPUs' peaks, the CPU default; an unknown GPU reports MFU as null).
+    peak_flops: Optional[float] = None
     gpus_per_node: int = 0
     cpu_threads: int = 0
     # Kernels for fp32 matmuls on CPU: onednn (2x MKL's speed on AMD EPYC; model/linear.py; PyTorch's own
@@ -363,6 +364,9 @@ class TrainingConfig:
     seed: int = 42
     # auto: bf16 autocast where the device supports it, fp32 on CPU.
     precision: str = "auto"
+    # Float8 training (torchao's convert_to_float8_training on the Linear layers; parallel/float8.py):
+    # CUDA GPUs with FP8 tensor cores only (compute capability >= 8.9: H100, GH200); refused elsewhere.
+    float8: bool = False
     # Stop after this many steps of this invocation (for tests and preemption drills); 0 = off.
     stop_after: int = 0
     # Start from these model weights (a checkpoint dir, e.g. from `eurotron-convert from-hf`) when the run

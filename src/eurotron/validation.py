@@ -13,6 +13,7 @@ from typing import Any, Iterable, List, Optional
 
 from .config import ConfigError, TrainConfig
 from .model.linear import CPU_MATMUL_BACKENDS, onednn_available
+from .plan.gpus import match_gpu
 
 MODEL_FAMILIES = ("llama", "mistral", "apertus")
 MLP_KINDS = ("swiglu", "xielu")
@@ -301,7 +302,9 @@ def _check_run(cfg: TrainConfig, p: _Problems) -> None:
     p.choice("logging.wandb_settings.mode", cfg.logging.wandb_settings.mode, WANDB_MODES)
     p.choice("cluster.device", cfg.cluster.device, DEVICES)
     p.choice("cluster.backend", cfg.cluster.backend, BACKENDS)
-    p.positive("cluster.peak_flops", cfg.cluster.peak_flops)
+    if cfg.cluster.peak_flops is not None:  # null: detected at run time (train/mfu.py)
+        p.positive("cluster.peak_flops", cfg.cluster.peak_flops)
+    _check_float8(cfg, p)
     p.positive("cluster.cpu_threads", cfg.cluster.cpu_threads, allow_zero=True)
     p.choice("cluster.cpu_matmul", cfg.cluster.cpu_matmul, CPU_MATMUL_BACKENDS)
     p.positive("cluster.collective_timeout_minutes", cfg.cluster.collective_timeout_minutes)
@@ -316,6 +319,20 @@ def _check_run(cfg: TrainConfig, p: _Problems) -> None:
         p.add("generate.top_p", g.top_p, "must be in (0, 1]")
     if not cfg.run_dir:
         p.add("run_dir", cfg.run_dir, "set a directory for checkpoints and metrics")
+
+
+def _check_float8(cfg: TrainConfig, p: _Problems) -> None:
+    """train.float8 where the config already shows the hardware cannot (the device is checked again at start)."""
+    if not cfg.train.float8:
+        return
+    if cfg.cluster.device == "cpu":
+        p.add("train.float8", True, "needs a GPU with FP8 tensor cores (H100, GH200); cluster.device=cpu has none: "
+              "set train.float8=false")
+        return
+    spec = match_gpu(cfg.cluster.gpu_model)
+    if spec is not None and not spec.float8:
+        p.add("train.float8", True, f"needs FP8 tensor cores (H100, GH200); cluster.gpu_model={cfg.cluster.gpu_model!r} "
+              f"({spec.name}) has none: set train.float8=false")
 
 
 def _check_guards(cfg: TrainConfig, p: _Problems) -> None:

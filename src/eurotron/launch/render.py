@@ -18,6 +18,7 @@ import jinja2
 
 from ..config import ConfigError, TrainConfig
 from ..paths import PACKAGE_DIR
+from ..plan.gpus import gpu_vendor
 from . import shell
 from .nodes import JobPlan, plan_job
 from .validation import SIGNALS, requeue_enabled
@@ -120,6 +121,20 @@ def resolve_venv(cfg: TrainConfig) -> Optional[str]:
     return sys.prefix
 
 
+# Expandable segments let the caching allocator grow blocks instead of fragmenting (varying
+# sequence/activation sizes, FSDP gathers); ROCm's PyTorch reads its own name for the same setting.
+EXPANDABLE_SEGMENTS = "expandable_segments:True"
+ALLOCATOR_ENV = {"nvidia": "PYTORCH_CUDA_ALLOC_CONF", "amd": "PYTORCH_HIP_ALLOC_CONF"}
+
+
+def allocator_env(cfg: TrainConfig) -> Optional[str]:
+    """The allocator variable for the cluster's GPU vendor (cluster.gpu_model; CUDA unless known AMD);
+    None on CPU clusters."""
+    if cfg.cluster.device == "cpu":
+        return None
+    return ALLOCATOR_ENV[gpu_vendor(cfg.cluster.gpu_model) or "nvidia"]
+
+
 def job_env(cfg: TrainConfig, plan: JobPlan) -> List[Tuple[str, str]]:
     """Variables every task exports, in order: eurotron's defaults, then cluster.env (which wins)."""
     c = cfg.cluster
@@ -134,6 +149,9 @@ def job_env(cfg: TrainConfig, plan: JobPlan) -> List[Tuple[str, str]]:
         "TRITON_CACHE_DIR": f"{local}/eurotron-$USER/triton",
         "TORCHINDUCTOR_CACHE_DIR": f"{local}/eurotron-$USER/inductor",
     }
+    allocator = allocator_env(cfg)
+    if allocator:
+        env[allocator] = EXPANDABLE_SEGMENTS
     if c.storage.hf_home:
         env["HF_HOME"] = c.storage.hf_home
     if c.launcher.offline:

@@ -22,6 +22,7 @@ from ..config import TrainConfig
 from ..model.transformer import Transformer
 from .activation import apply_activation_checkpointing, apply_compile
 from .data import apply_ddp, apply_fsdp, gradient_sync, unwrap
+from .float8 import apply_float8
 from .grads import clip_grad_norm
 from .init import init_model_part
 from .mesh import ParallelMesh
@@ -148,6 +149,7 @@ def parallelize(cfg: TrainConfig, pmesh: ParallelMesh, device: torch.device, see
     checkpointed: List[int] = []
     for stage in stage_ids:
         part = build_stage(cfg.model, stage, ranges, device="meta")
+        apply_float8(part, cfg.train.float8, device)  # train.float8 (issue 13): before TP and compile
         if par.tp > 1:
             apply_tensor_parallel(part, pmesh.tp_mesh, par.sequence_parallel)
         checkpointed += apply_activation_checkpointing(part, par.activation_checkpoint, par.activation_checkpoint_every)

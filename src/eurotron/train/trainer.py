@@ -36,6 +36,7 @@ from . import checkpoint_run_dir, preemption, resume_config
 from .loss import summed_cross_entropy
 from .goodput import Goodput
 from .metrics import MetricsLogger
+from .mfu import mfu  # peak FLOP/s: cluster.peak_flops, else detected (issue 13)
 from .nonfinite import NonFiniteGuard, check_state_before_save, halt_if_asked, read_step_values
 from .optim import build_optimizer
 from .schedule import build_scheduler
@@ -213,7 +214,7 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "step_time_s": elapsed,
             "tokens_per_s": tokens_per_s,
-            "mfu": self.flops_per_token * tokens_per_s / (self.cfg.cluster.peak_flops * world),
+            "mfu": mfu(self.flops_per_token * tokens_per_s, self.cfg.cluster.peak_flops, self.device, world),
             **verdict.record,
         }
 
