@@ -167,3 +167,30 @@ def test_job_environment_sets_expandable_segments_per_vendor(system, variable, a
 def test_cpu_cluster_job_has_no_allocator_setting(tmp_path):
     script = render(system_overrides("local", "cluster.device=cpu"), tmp_path / "run").script
     assert "ALLOC_CONF" not in script
+
+
+# ------------------------------------------------------------------------------------------ recipes
+def _recipes():
+    import yaml
+    from launch_support import REPO
+    for path in sorted((REPO / "configs" / "experiment").glob("*_*b.yaml")):
+        yield path.stem, yaml.safe_load(path.read_text())
+
+
+def test_recipes_compile_and_70b_ones_interleave_to_a_small_bubble():
+    seen70 = 0
+    for name, recipe in _recipes():
+        par, data = recipe["parallel"], recipe["data"]
+        assert par["compile"] is True, name
+        if not name.endswith("70b"):
+            continue
+        seen70 += 1
+        dp = par["dp_shard"] * par["dp_replicate"]
+        n_micro = data["global_batch_size"] // (data["micro_batch_size"] * dp)
+        pp, v = par["pp"], par["pp_virtual_stages"]
+        assert par["pp_schedule"] == "interleaved_1f1b" and v == 2 and 80 % (pp * v) == 0, name
+        one_f_one_b, interleaved = (pp - 1) / (n_micro + pp - 1), (pp - 1) / (v * n_micro + pp - 1)
+        assert interleaved < 0.6 * one_f_one_b and interleaved < 0.09, (name, one_f_one_b, interleaved)
+    assert seen70 == 9
+    lumi = dict(_recipes())["lumi_llama3_70b"]["parallel"]
+    assert lumi["tp"] == 2  # TP inside one MI250X (its two GCDs)
