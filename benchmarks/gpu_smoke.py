@@ -328,6 +328,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections to run")
     parser.add_argument("--out", default="gpu_smoke.json", help="JSON result file")
     args = parser.parse_args(argv)
+    unknown = set(args.only.split(",")) - set(SECTIONS)
+    if unknown:
+        parser.error(f"--only: unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
     small = args.quick or args.cpu_check
     args.layers = args.layers or (1 if args.cpu_check else 2 if args.quick else 4)
     args.seq = args.seq or (256 if args.cpu_check else 4096 if args.quick else 8192)

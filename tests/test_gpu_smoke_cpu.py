@@ -35,3 +35,18 @@ def test_gpu_smoke_cpu_check_runs_every_section(tmp_path):
         assert row["tokens_per_s"] * row["step_time_s"] == pytest.approx(256)  # one row of seq 256 per step
     assert mfu["document-masked flex, compiled + selective_op"] == {"status": "skipped", "error": "no GPU"}
     assert "| causal eager |" in done.stdout and "skipped: no GPU" in done.stdout
+
+
+def test_a_broken_variant_is_reported_and_the_others_still_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import gpu_smoke
+
+    monkeypatch.setattr(gpu_smoke, "CPU_VARIANTS", {"broken": ["parallel.activation_checkpoint=bogus"],
+                                                    "causal eager": gpu_smoke.CAUSAL})
+    out = tmp_path / "smoke.json"
+    assert gpu_smoke.main(["--cpu-check", "--only", "mfu", "--out", str(out)]) == 0
+    mfu = json.loads(out.read_text())["sections"]["mfu"]
+    assert mfu["status"] == "ok"
+    assert mfu["broken"]["status"] == "failed" and "parallel.activation_checkpoint='bogus'" in mfu["broken"]["error"]
+    assert mfu["causal eager"]["tokens_per_s"] > 0
+    assert "| broken | failed: ConfigError" in capsys.readouterr().out
