@@ -145,8 +145,8 @@ def section_kernels(args, device) -> Dict[str, Any]:
                 t = getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0)
                 kernels[evt.key] = kernels.get(evt.key, 0) + t
             attention = sorted((k for k in kernels if ATTENTION_KERNEL.search(k)), key=lambda k: -kernels[k])
-            out[name] = {"attention_kernels": attention[:12],
-                         "top_kernels_us": {k[:120]: round(v, 1) for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])[:8]}}
+            top = sorted(kernels.items(), key=lambda kv: -kv[1])[:8]
+            out[name] = {"attention_kernels": attention[:12], "top_kernels_us": {k[:120]: round(v, 1) for k, v in top}}
         except Exception as err:  # one path failing must not hide the other
             out[name] = {"status": "failed", "error": _short(err)}
         finally:
@@ -173,7 +173,8 @@ def section_flex(args, device) -> Dict[str, Any]:
             batches = micro_batches(cfg, seed=1)
             kept = batches[0]["loss_mask"].sum().to(device, torch.float64)
             model.forward_backward(batches, 1.0 / kept, loss_fn)
-            grads = {n: p.grad.detach().float().clone() for n, p in model.parts[0].named_parameters() if p.grad is not None}
+            grads = {n: p.grad.detach().float().clone()
+                     for n, p in model.parts[0].named_parameters() if p.grad is not None}
             runs[attention] = (captured["logits"], grads)
             del model
             _free(device)
@@ -261,10 +262,21 @@ def section_mfu(args, device) -> Dict[str, Any]:
             traceback.print_exc()
         finally:
             _free(device)
+    out["ratios"] = goal_ratios(out)
     if args.cpu_check:
         for name in MFU_VARIANTS:
             out.setdefault(name, {"status": "skipped", "error": "no GPU"})
     return out
+
+
+def goal_ratios(rows: Dict[str, Any]) -> Dict[str, Optional[float]]:
+    """The issue's goals as speed ratios: document-masked / causal (goal >= 0.95), compiled / eager (>= 1.1)."""
+    def speed_of(x: str, relative_to: str) -> Optional[float]:
+        a, b = rows.get(x, {}), rows.get(relative_to, {})
+        return b["step_time_s"] / a["step_time_s"] if "step_time_s" in a and "step_time_s" in b else None
+
+    causal, document, compiled = list(MFU_VARIANTS)[:3]
+    return {"document_vs_causal": speed_of(document, causal), "compiled_vs_eager": speed_of(compiled, document)}
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -297,16 +309,20 @@ def _fmt(value, spec: str) -> str:
 
 
 def markdown(report: Dict[str, Any]) -> str:
-    lines = [f"GPU smoke, {report['date']}, {report['device']}, torch {report['torch']}", f"command: `{report['command']}`", ""]
-    mfu = report["sections"]["mfu"]
+    lines = [f"GPU smoke, {report['date']}, {report['device']}, torch {report['torch']}",
+             f"command: `{report['command']}`", ""]
+    mfu = report["sections"].get("mfu", {})
     lines += ["| variant | step s | tokens/s | MFU | peak GiB | estimate GiB |", "|---|---|---|---|---|---|"]
     for name, row in mfu.items():
         if isinstance(row, dict) and "step_time_s" in row:
-            lines.append(f"| {name} | {row['step_time_s']:.3f} | {row['tokens_per_s']:.0f} | {_fmt(row['mfu'], '.1%')} | "
+            lines.append(f"| {name} | {row['step_time_s']:.3f} | {row['tokens_per_s']:.0f} | "
+                         f"{_fmt(row['mfu'], '.1%')} | "
                          f"{_fmt(row['peak_memory_gib'], '.1f')} | {row['estimate_gib']:.1f} |")
         elif isinstance(row, dict) and "error" in row:
             lines.append(f"| {name} | {row.get('status', 'failed')}: {row['error'][:100]} | | | | |")
-    lines.append("")
+    ratios = mfu.get("ratios", {})
+    lines += ["", "speed ratios (goals: document/causal >= 0.95, compiled/eager >= 1.1): "
+              + ", ".join(f"{k} {_fmt(v, '.3f')}" for k, v in ratios.items()), ""]
     for name, section in report["sections"].items():
         if name != "mfu":
             body = {k: v for k, v in section.items() if k not in ("status", "seconds")}
@@ -321,7 +337,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="~1 minute: 2 layers, seq 4096, 1+2 steps")
     parser.add_argument("--cpu-check", action="store_true", help="tiny model at seq 256 on CPU (GPU sections skipped)")
-    parser.add_argument("--layers", type=int, default=None, help="transformer layers of the 8B-shaped model (default 4)")
+    parser.add_argument("--layers", type=int, default=None, help="layers of the 8B-shaped model (default 4)")
     parser.add_argument("--seq", type=int, default=None, help="sequence length (default 8192)")
     parser.add_argument("--steps", type=int, default=None, help="measured steps per variant (default 6)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps per variant (default 3; compile)")

@@ -70,7 +70,8 @@ def test_apply_float8_refuses_cpu_a100_and_mi250x(fake_gpu):
     with pytest.raises(ConfigError, match=r"compute capability >= 8\.9.*A100-SXM4-80GB is sm80"):
         float8.apply_float8(_model(), True, fake_gpu((8, 0), "NVIDIA A100-SXM4-80GB"))
     with pytest.raises(ConfigError, match="gfx90a"):
-        float8.apply_float8(_model(), True, fake_gpu((9, 0), "AMD Instinct MI250X", hip="6.2", arch="gfx90a:sramecc+:xnack-"))
+        mi250x = fake_gpu((9, 0), "AMD Instinct MI250X", hip="6.2", arch="gfx90a:sramecc+:xnack-")
+        float8.apply_float8(_model(), True, mi250x)
     assert float8.apply_float8(_model(), False, torch.device("cpu")) == 0  # off: nothing checked or converted
 
 

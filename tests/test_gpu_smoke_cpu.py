@@ -50,3 +50,14 @@ def test_a_broken_variant_is_reported_and_the_others_still_run(tmp_path, monkeyp
     assert mfu["broken"]["status"] == "failed" and "parallel.activation_checkpoint='bogus'" in mfu["broken"]["error"]
     assert mfu["causal eager"]["tokens_per_s"] > 0
     assert "| broken | failed: ConfigError" in capsys.readouterr().out
+
+
+def test_goal_ratios_are_speeds_relative_to_the_baseline(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import gpu_smoke
+
+    causal, document, compiled = list(gpu_smoke.MFU_VARIANTS)[:3]
+    rows = {causal: {"step_time_s": 1.0}, document: {"step_time_s": 1.25}, compiled: {"step_time_s": 1.0}}
+    assert gpu_smoke.goal_ratios(rows) == {"document_vs_causal": 0.8, "compiled_vs_eager": 1.25}
+    del rows[compiled]
+    assert gpu_smoke.goal_ratios(rows)["compiled_vs_eager"] is None

@@ -331,8 +331,8 @@ def _check_float8(cfg: TrainConfig, p: _Problems) -> None:
         return
     spec = match_gpu(cfg.cluster.gpu_model)
     if spec is not None and not spec.float8:
-        p.add("train.float8", True, f"needs FP8 tensor cores (H100, GH200); cluster.gpu_model={cfg.cluster.gpu_model!r} "
-              f"({spec.name}) has none: set train.float8=false")
+        p.add("train.float8", True, f"needs FP8 tensor cores (H100, GH200); "
+              f"cluster.gpu_model={cfg.cluster.gpu_model!r} ({spec.name}) has none: set train.float8=false")
 
 
 def _check_guards(cfg: TrainConfig, p: _Problems) -> None:
