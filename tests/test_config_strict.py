@@ -134,3 +134,24 @@ def test_local_sweep_points_get_their_own_run_dirs_and_a_summary(tmp_path, bin_d
     assert all(p["final_step"] == 2 and p["final_loss"] > 0 for p in summary)
     table = (run_dir / "sweep.md").read_text()
     assert "optim.lr=0.001" in table and "optim.lr=0.003" in table
+
+
+@pytest.mark.parametrize("sweep", [False, True])
+def test_run_dir_that_is_a_file_is_one_clear_error(tmp_path, bin_dir, sweep):
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a directory")
+    args = (["--multirun"] if sweep else []) + [*DEMO, f"run_dir={blocker}", "optim.lr=1e-3,2e-3" if sweep else "optim.lr=1e-3"]
+    done = _run(bin_dir, "eurotron-train", *args, cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"run_dir={blocker} is not a writable directory" in done.stderr
+    assert blocker.read_text() == "not a directory"
+
+
+def test_launch_refuses_a_run_dir_that_is_a_file(tmp_path):
+    from eurotron.errors import UserError
+    from eurotron.launch.submit import check_run_dir
+
+    blocker = tmp_path / "taken"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="is not a writable directory"):
+        check_run_dir(blocker, "name: x\n", force=False)
