@@ -22,7 +22,7 @@ class RunDirCheck(Callback):
 
     def _check(self, directory: Any) -> None:
         try:
-            ensure_writable_dir(str(directory), "run_dir")
+            ensure_writable_dir(str(directory), "run_dir", keep_created=False)  # Hydra makes it next
         except UserError as err:
             print(f"{self.app}: error: {err}", file=sys.stderr)
             sys.exit(2)
