@@ -13,6 +13,8 @@ from eurotron.compose import compose_train
 from eurotron.launch.render import RenderedJob, render_job
 from eurotron.launch.validation import check_launch
 
+from small_run import SMALL_MODEL, prepare_dataset  # noqa: F401  (re-exported for the launch tests)
+
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMS = ("lumi", "leonardo", "marenostrum5", "jupiter", "alps", "meluxina", "karolina", "vega", "jeanzay",
            "generic", "local")
@@ -27,11 +29,6 @@ REQUIRED = {
 for _name in ("leonardo", "marenostrum5", "jupiter", "meluxina", "karolina", "jeanzay"):
     REQUIRED[_name] = ["cluster.slurm.account=abc123"]
 
-# A small model and batch that fit every layout used here.
-SMALL_MODEL = [
-    "model.vocab_size=512", "model.hidden_size=64", "model.num_layers=2", "model.num_heads=4",
-    "model.num_kv_heads=2", "model.ffn_hidden_size=176", "model.max_seq_len=128",
-]
 
 
 def compose(overrides: Sequence[str]):
@@ -154,15 +151,6 @@ def make_fake_sbatch(root: Path) -> Dict[str, str]:
 def sbatch_calls(root: Path) -> List[List[str]]:
     calls = root / "sbatch.calls"
     return [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
-
-
-def prepare_dataset(out: Path) -> Path:
-    """A small prepared dataset (the shipped demo corpus, 512-token vocabulary)."""
-    from eurotron.compose import compose_prepare
-    from eurotron.data.prepare import prepare
-
-    prepare(compose_prepare([f"output_dir={out}", "tokenizer.vocab_size=512"]))
-    return out
 
 
 def launch_cli(args: Sequence[str], env: Dict[str, str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -24,17 +24,13 @@ from eurotron.train.metrics import read_metrics
 from eurotron.train.trainer import Trainer
 from eurotron.validation import validate_train_config
 
-SMALL_MODEL = [
-    "model.vocab_size=512", "model.hidden_size=64", "model.num_layers=2", "model.num_heads=4",
-    "model.num_kv_heads=2", "model.ffn_hidden_size=176", "model.max_seq_len=128",
-]
+from small_run import SMALL_MODEL, prepare_dataset
+
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "demo"
-    prepare(compose_prepare([f"output_dir={out}", "tokenizer.vocab_size=512"]))
-    return out
+    return prepare_dataset(tmp_path_factory.mktemp("data") / "demo")
 
 
 def overrides(dataset: Path, run_dir: Path, *extra: str):

@@ -9,23 +9,18 @@ import pytest
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from eurotron.compose import compose_prepare, compose_train
+from eurotron.compose import compose_train
 from eurotron.config import ConfigError, load_config_file
 from eurotron.validation import validate_train_config
 
+from small_run import SMALL_MODEL, prepare_dataset
+
 DEMO = ["experiment=demo", "parallel=single"]
-SMALL_MODEL = ["model.vocab_size=512", "model.hidden_size=64", "model.num_layers=2", "model.num_heads=4",
-               "model.num_kv_heads=2", "model.ffn_hidden_size=176", "model.max_seq_len=128", "data.seq_len=64",
-               "data.global_batch_size=4", "data.micro_batch_size=2"]
 
 
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory) -> Path:
-    from eurotron.data.prepare import prepare
-
-    out = tmp_path_factory.mktemp("data") / "demo"
-    prepare(compose_prepare([f"output_dir={out}", "tokenizer.vocab_size=512"]))
-    return out
+    return prepare_dataset(tmp_path_factory.mktemp("data") / "demo")
 
 
 def _run(bin_dir: Path, app: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -121,7 +116,8 @@ def test_local_sweep_points_get_their_own_run_dirs_and_a_summary(tmp_path, bin_d
     done = _run(bin_dir, "eurotron-train", "--multirun", "experiment=demo", "parallel=single",
                 "optim.lr=1e-3,3e-3", "train.steps=2", "scheduler.warmup_steps=1", f"data.path={demo_data}",
                 "name=sw", f"hydra.sweep.dir={run_dir}", "checkpoint.every=0", "eval.every=0",
-                "logging.plot_loss_curve=false", *SMALL_MODEL, cwd=tmp_path)
+                "logging.plot_loss_curve=false", *SMALL_MODEL, "data.seq_len=64", "data.global_batch_size=4",
+                "data.micro_batch_size=2", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     for num, lr in ((0, 0.001), (1, 0.003)):
         point = run_dir / str(num)
@@ -134,3 +130,24 @@ def test_local_sweep_points_get_their_own_run_dirs_and_a_summary(tmp_path, bin_d
     assert all(p["final_step"] == 2 and p["final_loss"] > 0 for p in summary)
     table = (run_dir / "sweep.md").read_text()
     assert "optim.lr=0.001" in table and "optim.lr=0.003" in table
+
+
+@pytest.mark.parametrize("sweep", [False, True])
+def test_run_dir_that_is_a_file_is_one_clear_error(tmp_path, bin_dir, sweep):
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a directory")
+    args = (["--multirun"] if sweep else []) + [*DEMO, f"run_dir={blocker}", "optim.lr=1e-3,2e-3" if sweep else "optim.lr=1e-3"]
+    done = _run(bin_dir, "eurotron-train", *args, cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"run_dir={blocker} is not a writable directory" in done.stderr
+    assert blocker.read_text() == "not a directory"
+
+
+def test_launch_refuses_a_run_dir_that_is_a_file(tmp_path):
+    from eurotron.errors import UserError
+    from eurotron.launch.submit import check_run_dir
+
+    blocker = tmp_path / "taken"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="is not a writable directory"):
+        check_run_dir(blocker, "name: x\n", force=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from eurotron.compose import compose_prepare, compose_train
+from eurotron.compose import compose_train
 from eurotron.config import ConfigError, ModelConfig
 from eurotron.errors import UserError
 from eurotron.train.checkpoint import latest_checkpoint
@@ -16,19 +16,12 @@ from eurotron.train.schedule import lr_multiplier
 from eurotron.train.trainer import Trainer
 from eurotron.validation import validate_train_config
 
-SMALL_MODEL = [
-    "model.vocab_size=512", "model.hidden_size=64", "model.num_layers=2", "model.num_heads=4",
-    "model.num_kv_heads=2", "model.ffn_hidden_size=176", "model.max_seq_len=128",
-]
+from small_run import SMALL_MODEL, prepare_dataset
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    from eurotron.data.prepare import prepare
-
-    out = tmp_path_factory.mktemp("data") / "demo"
-    prepare(compose_prepare([f"output_dir={out}", "tokenizer.vocab_size=512"]))
-    return out
+    return prepare_dataset(tmp_path_factory.mktemp("data") / "demo")
 
 
 def overrides(dataset: Path, run_dir: Path, *extra: str):

@@ -13,28 +13,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from eurotron.compose import compose_prepare, compose_train
+from eurotron.compose import compose_train
 from eurotron.config import ConfigError
-from eurotron.data.prepare import prepare
 from eurotron.train.checkpoint import latest_checkpoint
 from eurotron.train.nonfinite import TrainingHalted
 from eurotron.train.trainer import Trainer
 from eurotron.train.watchdog import FIRST_STEPS_S, FLOOR_S, WARMUP_STEPS, Watchdog
 from eurotron.validation import validate_train_config
 
+from small_run import SMALL_MODEL, prepare_dataset
+
 TESTS = Path(__file__).resolve().parent
-SMALL_MODEL = [
-    "model.vocab_size=512", "model.hidden_size=64", "model.num_layers=2", "model.num_heads=4",
-    "model.num_kv_heads=2", "model.ffn_hidden_size=176", "model.max_seq_len=128",
-]
 NAN = float("nan")
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "demo"
-    prepare(compose_prepare([f"output_dir={out}", "tokenizer.vocab_size=512"]))
-    return out
+    return prepare_dataset(tmp_path_factory.mktemp("data") / "demo")
 
 
 def overrides(dataset: Path, run_dir: Path, *extra: str):

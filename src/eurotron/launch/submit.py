@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..errors import UserError
+from ..paths import ensure_writable_dir
 from .render import CONFIG_NAME, LOG_DIR, SCRIPT_NAME, RenderedJob
 
 LAUNCH_RECORD = "launch.json"
@@ -42,6 +43,7 @@ def sbatch_commands(script: Path, chain: int, first_dependency: Optional[str] = 
 
 def check_run_dir(run_dir: Path, config_yaml: str, force: bool) -> None:
     """A run directory holds one run: the same config again resumes it, a different one is refused."""
+    ensure_writable_dir(run_dir, "run_dir")  # a file or a read-only place: one error, before anything is written
     existing = run_dir / CONFIG_NAME
     if existing.exists() and existing.read_text() != config_yaml and not force:
         raise UserError(

@@ -21,7 +21,7 @@ STEP_PREFIX = "step_"
 TRAINER_FILE = "trainer.json"
 PREVIOUS_DIR = "previous"
 # What a fresh start moves out of the way (the loss curve is redrawn from metrics.jsonl).
-OLD_RUN_FILES = ("checkpoints", "metrics.jsonl", "loss_curve.png")
+OLD_RUN_FILES = ("checkpoints", "metrics.jsonl", "loss_curve.png", "goodput.json")  # goodput.GOODPUT_FILE
 _STEP_NAME = re.compile(rf"^{STEP_PREFIX}(\d+)$")
 
 
