@@ -20,6 +20,7 @@ on a GPU every document-masked micro-batch gets a mask (a row without boundaries
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional, Union
 
 import torch
@@ -74,6 +75,11 @@ def mask_mod(docs: Optional[torch.Tensor], window: int) -> Callable:
     return rule
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled_create_block_mask():
+    return torch.compile(create_block_mask)
+
+
 def dense_mask(docs: Optional[torch.Tensor], window: int, length: int, device: torch.device) -> torch.Tensor:
     """The rule above as a boolean ``[B or 1, 1, L, L]`` tensor (True = may attend)."""
     idx = torch.arange(length, device=device)
@@ -109,8 +115,8 @@ def build_attention_mask(
     if backend == "flex":
         batch = None if docs is None else docs.shape[0]
         # Compiled on GPUs so the [B, L, L] rule is never materialised; eager on CPU (tests only).
-        return create_block_mask(mask_mod(docs, sliding_window), batch, None, length, length,
-                                 device=device, _compile=torch.device(device).type != "cpu")
+        create = create_block_mask if torch.device(device).type == "cpu" else _compiled_create_block_mask()
+        return create(mask_mod(docs, sliding_window), batch, None, length, length, device=device)
     return dense_mask(docs, sliding_window, length, device)
 
 
