@@ -117,7 +117,9 @@ class Transformer(nn.Module):
         if length > self.rope_cache.shape[0]:
             raise ValueError(f"sequence length {length} exceeds max_seq_len={self.rope_cache.shape[0]}")
         rope = rope_cos_sin(self.rope_cache, length, position_ids)
-        mask = self.attention_mask(position_ids, length, h.device)
+        # The full sequence length: under sequence parallelism h holds only this rank's shard of it.
+        full_length = position_ids.shape[-1] if position_ids is not None else length
+        mask = self.attention_mask(position_ids, full_length, h.device)
         for layer in self.layers.values():
             h = layer(h, rope, mask)
         if self.norm is not None:
