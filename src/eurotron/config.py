@@ -63,6 +63,11 @@ class ModelConfig:
     init_std: float = 0.02
     # Packed sequences: attention stays within each document (positions restart per document).
     document_masking: bool = True
+    # Attention kernels: auto (FlexAttention for document masking / sliding windows on GPUs, SDPA
+    # otherwise; on CPU the dense reference) | sdpa | flex (GPUs only: no FlexAttention backward on CPU).
+    attention: str = "auto"
+    # Sliding-window attention (Mistral v0.1): a token sees itself and the window-1 tokens before it; 0 = off.
+    sliding_window: int = 0
 
     @property
     def resolved_head_dim(self) -> int:

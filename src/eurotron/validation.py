@@ -13,6 +13,7 @@ from typing import Any, Iterable, List, Optional
 
 from .config import ConfigError, TrainConfig
 from .model.linear import CPU_MATMUL_BACKENDS, onednn_available
+from .model.masks import ATTENTION_BACKENDS
 from .plan.gpus import match_gpu
 
 MODEL_FAMILIES = ("llama", "mistral", "apertus")
@@ -93,6 +94,13 @@ def _check_model(cfg: TrainConfig, p: _Problems) -> None:
     p.choice("model.family", m.family, MODEL_FAMILIES)
     p.choice("model.mlp", m.mlp, MLP_KINDS)
     p.choice("model.rope_scaling.type", m.rope_scaling.type, ROPE_SCALINGS)
+    p.choice("model.attention", m.attention, ATTENTION_BACKENDS)
+    if m.attention == "flex" and cfg.cluster.device == "cpu":
+        p.add("model.attention", "flex", "needs a GPU (torch 2.13 has no FlexAttention backward on CPU); "
+              "use model.attention=auto or sdpa with cluster.device=cpu (the dense reference path)")
+    if p.positive("model.sliding_window", m.sliding_window, allow_zero=True) and m.sliding_window >= cfg.data.seq_len > 0:
+        p.add("model.sliding_window", m.sliding_window,
+              f"must be below data.seq_len={cfg.data.seq_len} to have any effect; use 0 to turn it off")
     sizes_ok = all(
         [
             p.positive("model.vocab_size", m.vocab_size),

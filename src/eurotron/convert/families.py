@@ -82,7 +82,7 @@ FAMILIES: Dict[str, Family] = {
         "llama", "LlamaForCausalLM", "llama", "silu", "swiglu", False, _LLAMA_LAYER,
         extra_config={"mlp_bias": False, "pretraining_tp": 1},
     ),
-    # Full causal attention: eurotron does not model Mistral v0.1's sliding window.
+    # sliding_window: written from model.sliding_window (None when 0); see hf_config.
     "mistral": Family(
         "mistral", "MistralForCausalLM", "mistral", "silu", "swiglu", False, _LLAMA_LAYER,
         extra_config={"sliding_window": None},
@@ -128,6 +128,11 @@ def family_for_config(cfg: ModelConfig) -> Family:
         raise ConvertError(
             f"model.qk_norm={cfg.qk_norm} cannot be expressed by {family.architecture} "
             f"({'always has' if family.qk_norm else 'has no'} QK-norm)"
+        )
+    if cfg.sliding_window > 0 and family.name != "mistral":
+        raise ConvertError(
+            f"model.sliding_window={cfg.sliding_window} cannot be expressed by {family.architecture} (no "
+            f"sliding-window attention); use family=mistral or model.sliding_window=0"
         )
     return family
 
@@ -236,6 +241,8 @@ def hf_config_dict(cfg: ModelConfig, dtype_name: str, special_ids: Optional[Dict
         "dtype": dtype_name,
     }
     config.update(family.extra_config)
+    if family.name == "mistral":
+        config["sliding_window"] = cfg.sliding_window or None
     return config
 
 

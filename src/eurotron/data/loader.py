@@ -226,7 +226,10 @@ def make_batch(tokens: np.ndarray, eos_id: int) -> Batch:
     """`tokens` [B, L+1] → input_ids, labels, loss_mask, position_ids (all [B, L]).
 
     loss_mask is False where the input is EOS (its target is the next document's first token);
-    position_ids restart at 0 after every EOS and at the start of each sample.
+    position_ids restart at 0 after every EOS and at the start of each sample. They are the document
+    boundaries too, computed here on the CPU: the model's attention mask (model/masks.py) counts the
+    restarts into document ids, so no second tensor travels with the batch and nothing is read back
+    from the GPU to find them.
     """
     inputs = np.ascontiguousarray(tokens[:, :-1])
     labels = np.ascontiguousarray(tokens[:, 1:])

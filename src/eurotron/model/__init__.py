@@ -1,6 +1,7 @@
 """The Llama-family transformer (plain PyTorch; parallelism is applied by ``eurotron.parallel``)."""
 
-from .attention import Attention, document_causal_mask
+from .attention import Attention, attention_forward
+from .masks import build_attention_mask, document_causal_mask
 from .norms import RMSNorm
 from .sizing import count_parameters, matmul_parameters, model_flops_per_token
 from .transformer import FeedForward, Transformer, TransformerBlock, build_model
@@ -18,6 +19,8 @@ __all__ = [
     "RMSNorm",
     "Transformer",
     "TransformerBlock",
+    "attention_forward",
+    "build_attention_mask",
     "build_model",
     "count_parameters",
     "document_causal_mask",

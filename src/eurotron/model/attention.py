@@ -1,37 +1,24 @@
-"""Grouped-query self-attention with RoPE, optional QK-norm and packed-document masking."""
+"""Grouped-query self-attention with RoPE, optional QK-norm, and the attention kernels.
+
+The mask (causal, packed documents, sliding window) is built once per micro-batch by
+``masks.build_attention_mask`` and shared by every layer; its type picks the kernel here.
+"""
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import functools
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from .linear import Linear
+from .masks import AttentionMask
 from .norms import RMSNorm
 from .rope import apply_rope
-
-
-def document_causal_mask(position_ids: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """Boolean ``[B, 1, L, L]`` mask (True = may attend) for packed rows, or None for plain causal.
-
-    A document starts wherever ``position_ids == 0``; token ``i`` may attend to token ``j`` iff
-    ``j <= i`` and both lie in the same document. When no row restarts after its first token the
-    mask is the ordinary causal one, and None is returned so attention can take its ``is_causal``
-    fast path (this check reads a flag back from the device, so it runs once per forward, outside
-    the blocks).
-    """
-    if position_ids is None or position_ids.shape[-1] < 2:
-        return None
-    starts = position_ids == 0
-    if not bool(starts[:, 1:].any()):
-        return None
-    doc = starts.cumsum(dim=-1)
-    same_doc = doc.unsqueeze(-1) == doc.unsqueeze(-2)
-    length = position_ids.shape[-1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=position_ids.device).tril()
-    return (same_doc & causal).unsqueeze(1)
 
 
 class Attention(nn.Module):
@@ -65,7 +52,7 @@ class Attention(nn.Module):
         self,
         x: torch.Tensor,
         rope: Tuple[torch.Tensor, torch.Tensor],
-        mask: Optional[torch.Tensor] = None,
+        mask: AttentionMask = None,
     ) -> torch.Tensor:
         batch, length = x.shape[0], x.shape[1]
         # [B, L, heads, head_dim]: RoPE and QK-norm work on this layout; SDPA takes a transposed view.
@@ -79,8 +66,33 @@ class Attention(nn.Module):
         q = apply_rope(q, cos, sin).transpose(1, 2)
         k = apply_rope(k, cos, sin).transpose(1, 2)
         v = v.transpose(1, 2)
-        out = _sdpa(q, k, v, mask)
+        out = attention_forward(q, k, v, mask)
         return self.wo(out.transpose(1, 2).reshape(batch, length, -1))
+
+
+def _sdpa_backends(device: torch.device) -> List[SDPBackend]:
+    """Kernel priority for plain causal SDPA on GPUs; MATH last, so an unsupported shape or dtype still
+    runs (slowly) instead of failing. ROCm has no cuDNN attention: flash (CK/Triton), then efficient."""
+    if torch.version.hip is not None:
+        return [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    return [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+            SDPBackend.MATH]
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_flex():
+    # Eager flex_attention materialises the full score matrix; compiled, it is one fused kernel.
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask = None) -> torch.Tensor:
+    """Attention on ``[B, heads, L, head_dim]`` with grouped KV heads, for a mask from
+    ``masks.build_attention_mask``: None (causal), a dense boolean tensor, or a FlexAttention BlockMask."""
+    if isinstance(mask, BlockMask):
+        on_cpu_or_traced = q.device.type == "cpu" or torch.compiler.is_compiling()
+        flex = flex_attention if on_cpu_or_traced else _compiled_flex()
+        return flex(q, k, v, block_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+    return _sdpa(q, k, v, mask)
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -92,7 +104,10 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torc
     back to the math kernel.
     """
     if mask is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        if q.device.type != "cuda":
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        with sdpa_kernel(_sdpa_backends(q.device), set_priority=True):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     groups = q.shape[1] // k.shape[1]
     if q.is_cuda and groups > 1:
         k = k.repeat_interleave(groups, dim=1)

@@ -29,8 +29,9 @@ from torch import nn
 
 from ..config import ModelConfig
 from .activations import XIELU
-from .attention import Attention, document_causal_mask
+from .attention import Attention
 from .linear import Linear
+from .masks import AttentionMask, build_attention_mask, resolve_backend
 from .norms import RMSNorm
 from .rope import rope_cos_sin, rope_table
 
@@ -78,7 +79,7 @@ class TransformerBlock(nn.Module):
         self,
         x: torch.Tensor,
         rope: Tuple[torch.Tensor, torch.Tensor],
-        mask: Optional[torch.Tensor] = None,
+        mask: AttentionMask = None,
     ) -> torch.Tensor:
         h = x + self.attention(self.attention_norm(x), rope, mask)
         return h + self.feed_forward(self.ffn_norm(h))
@@ -105,8 +106,10 @@ class Transformer(nn.Module):
         ``[B, L, vocab]`` (or hidden states when this stage has no ``norm``/``output``).
 
         ``position_ids`` ``[B, L]`` default to ``arange(L)``. With ``cfg.document_masking`` a packed row
-        whose positions restart at 0 attends only within each document; RoPE always uses the given
-        positions.
+        whose positions restart at 0 attends only within each document; ``cfg.sliding_window`` limits
+        how far back a token looks; RoPE always uses the given positions. The mask is built here, once
+        per micro-batch (on a pipeline stage: from the ``position_ids`` every stage receives), and
+        shared by every block.
         """
         if self.tok_embeddings is not None:
             h = self.tok_embeddings(h)
@@ -114,7 +117,9 @@ class Transformer(nn.Module):
         if length > self.rope_cache.shape[0]:
             raise ValueError(f"sequence length {length} exceeds max_seq_len={self.rope_cache.shape[0]}")
         rope = rope_cos_sin(self.rope_cache, length, position_ids)
-        mask = document_causal_mask(position_ids) if self.cfg.document_masking else None
+        # The full sequence length: under sequence parallelism h holds only this rank's shard of it.
+        full_length = position_ids.shape[-1] if position_ids is not None else length
+        mask = self.attention_mask(position_ids, full_length, h.device)
         for layer in self.layers.values():
             h = layer(h, rope, mask)
         if self.norm is not None:
@@ -122,6 +127,13 @@ class Transformer(nn.Module):
         if self.output is not None:
             h = self.output(h)
         return h
+
+    def attention_mask(self, position_ids: Optional[torch.Tensor], length: int, device: torch.device) -> AttentionMask:
+        cfg = self.cfg
+        masked = cfg.document_masking or cfg.sliding_window > 0
+        return build_attention_mask(position_ids, length, device,
+                                    backend=resolve_backend(cfg.attention, device, masked),
+                                    document_masking=cfg.document_masking, sliding_window=cfg.sliding_window)
 
     # ------------------------------------------------------------------------------- initialisation
     @torch.no_grad()

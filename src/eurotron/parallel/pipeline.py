@@ -9,7 +9,8 @@ Stages are placed on pipeline ranks in a loop (stage s on rank s % pp: GPipe, 1F
 schedules) or a V (rank r holds stages r and 2*pp-1-r: ZBV zero-bubble, DualPipeV). Token ids enter the
 first stage; ``position_ids`` are passed to *every* stage as a keyword argument of ``schedule.step``
 (the schedule splits and hands each stage its micro-batch's keyword tensors), so RoPE and the
-packed-document mask are right on every stage. The targets are the labels with dropped positions
+packed-document mask are right on every stage. Each stage builds its own attention mask from them
+(model/masks.py): a FlexAttention BlockMask is not a tensor and never crosses a stage boundary. The targets are the labels with dropped positions
 set to the ignore index; the last stage's loss function returns
 ``sum of kept-token losses * dp_size / global kept tokens`` and the schedule does not rescale, so a
 pipelined step computes exactly the global-batch-mean gradient.
