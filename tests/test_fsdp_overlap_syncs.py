@@ -112,24 +112,23 @@ def test_bad_fsdp_choices_are_config_errors(tmp_path):
 
 
 # ------------------------------------------------------------------------------ equivalence (one launch)
-FSDP_CHOICES = [
-    ("dp2_grad_sync_last", "llama", ["parallel=dp2_fsdp", "parallel.fsdp_grad_sync=last"]),
-    ("dp2_reshard_false", "llama", ["parallel=dp2_fsdp", "parallel.fsdp_reshard_after_forward=false"]),
-    ("dp2_reshard_true_tied", "tied", ["parallel=dp2_fsdp", "parallel.fsdp_reshard_after_forward=true"]),
+FSDP_CHOICES = [  # micro_batch with reshard auto is the default: test_parallel_dist's dp2_fsdp covers it
+    ("dp2_last_no_reshard", "llama", ["parallel=dp2_fsdp", "parallel.fsdp_grad_sync=last",
+                                      "parallel.fsdp_reshard_after_forward=false"]),
+    ("dp2_micro_batch_reshard", "llama", ["parallel=dp2_fsdp", "parallel.fsdp_grad_sync=micro_batch",
+                                          "parallel.fsdp_reshard_after_forward=true"]),
 ]
 
 
 def test_fsdp_choices_match_one_process(dataset, tmp_path):  # noqa: F811
-    """Each choice against the single-process run: loss per step (1e-5), grad norm, eval loss, weights.
-    (micro_batch with reshard auto is the default, covered by test_parallel_dist's dp2_fsdp.)"""
-    references = {}
-    for variant in ("llama", "tied"):
-        train_here(dist_overrides(dataset, tmp_path / f"ref_{variant}", variant))
-        references[variant] = tmp_path / f"ref_{variant}"
+    """Each choice against the single-process run (4 micro-batches per rank): loss per step within 1e-5,
+    grad norm, eval loss and final weights."""
+    reference = tmp_path / "reference"
+    train_here(dist_overrides(dataset, reference, "llama"))
     launch(2, runs_for(FSDP_CHOICES, dataset, tmp_path), tmp_path)
     problems = []
-    for name, variant, _ in FSDP_CHOICES:
-        problems += compare(tmp_path / name, references[variant], range(1, 7))[0]
+    for name, _, _ in FSDP_CHOICES:
+        problems += compare(tmp_path / name, reference, range(1, 7))[0]
     assert not problems, "\n".join(problems)
 
 
