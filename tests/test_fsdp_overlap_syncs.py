@@ -3,7 +3,8 @@
 * Which modules are FSDP units, with which ``reshard_after_forward``, and which units reduce their
   gradients per micro-batch: read from FSDP2's own state on a fake process group (no launch).
 * ``parallel.fsdp_grad_sync`` and ``parallel.fsdp_reshard_after_forward`` give the single-process
-  losses, gradient norms and weights: one 2-rank launch (dp_shard=2, 4 micro-batches per rank).
+  losses, gradient norms and weights: one 2-rank launch (dp_shard=2, 4 micro-batches per rank) and
+  one 4-rank launch (PP2 x DP2, resharded after forward).
 * Device-to-host reads per training step, counted with a TorchDispatchMode (``_local_scalar_dense``,
   the op behind ``.item()``/``float()``/``bool()`` of a tensor, and copies of a non-CPU tensor to the
   CPU) plus ``Tensor.tolist`` (on the CPU it reads memory without dispatching an op): 0 on non-log
@@ -122,15 +123,30 @@ FSDP_CHOICES = [  # micro_batch with reshard auto is the default: test_parallel_
 LOGGED = {"dp2_last_no_reshard": range(1, 7), "dp2_micro_batch_reshard": (3, 6)}
 
 
-def test_fsdp_choices_match_one_process(dataset, tmp_path):  # noqa: F811
+@pytest.fixture(scope="module")
+def reference(dataset, tmp_path_factory) -> Path:  # noqa: F811
+    run = tmp_path_factory.mktemp("fsdp_reference") / "llama"
+    train_here(dist_overrides(dataset, run, "llama"))
+    return run
+
+
+def test_fsdp_choices_match_one_process(dataset, reference, tmp_path):  # noqa: F811
     """Each choice against the single-process run (4 micro-batches per rank): loss per step within 1e-5,
     grad norm, eval loss and final weights."""
-    reference = tmp_path / "reference"
-    train_here(dist_overrides(dataset, reference, "llama"))
     launch(2, runs_for(FSDP_CHOICES, dataset, tmp_path), tmp_path)
     problems = []
     for name, _, _ in FSDP_CHOICES:
         problems += compare(tmp_path / name, reference, LOGGED[name])[0]
+    assert not problems, "\n".join(problems)
+
+
+def test_pp2_dp2_resharding_after_forward_matches_one_process(dataset, reference, tmp_path):  # noqa: F811
+    """PP2 x DP2 with every unit resharded after forward (auto keeps them gathered under PP: pp2_dp2_selective_ac in
+    test_parallel_dist covers auto), reading every 3rd step only: one 4-rank launch."""
+    layout = [("pp2_dp2_reshard", "llama", ["parallel.pp=2", "parallel.dp_shard=2",
+                                             "parallel.fsdp_reshard_after_forward=true", "logging.log_every=3"])]
+    launch(4, runs_for(layout, dataset, tmp_path), tmp_path)
+    problems, _ = compare(tmp_path / "pp2_dp2_reshard", reference, (3, 6))
     assert not problems, "\n".join(problems)
 
 
