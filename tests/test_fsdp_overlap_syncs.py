@@ -141,8 +141,8 @@ def test_fsdp_choices_match_one_process(dataset, reference, tmp_path):  # noqa: 
 
 
 def test_pp2_dp2_resharding_after_forward_matches_one_process(dataset, reference, tmp_path):  # noqa: F811
-    """PP2 x DP2 with every unit resharded after forward (auto keeps them gathered under PP: pp2_dp2_selective_ac in
-    test_parallel_dist covers auto), reading every 3rd step only: one 4-rank launch."""
+    """PP2 x DP2 with every unit resharded after forward (auto keeps them gathered under PP: covered by
+    test_parallel_dist's pp2_dp2_selective_ac), reading every 3rd step only: one 4-rank launch."""
     layout = [("pp2_dp2_reshard", "llama", ["parallel.pp=2", "parallel.dp_shard=2",
                                              "parallel.fsdp_reshard_after_forward=true", "logging.log_every=3"])]
     launch(4, runs_for(layout, dataset, tmp_path), tmp_path)
