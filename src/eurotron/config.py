@@ -93,6 +93,11 @@ class ParallelConfig:
     activation_checkpoint: str = "none"
     activation_checkpoint_every: int = 2
     compile: bool = False
+    # FSDP gradient reduce-scatter under gradient accumulation: every micro-batch (sharded gradients,
+    # less memory) or only at the last one (one full unsharded gradient between micro-batches).
+    fsdp_grad_sync: str = "micro_batch"
+    # Reshard parameters after forward: auto (torchtitan's rule, parallel/data.py) | true | false.
+    fsdp_reshard_after_forward: str = "auto"
 
     @property
     def world_size(self) -> int:

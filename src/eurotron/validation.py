@@ -24,6 +24,8 @@ PP_SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b", "looped_bfs", "interleaved_
 MULTI_STAGE_SCHEDULES = ("interleaved_1f1b", "looped_bfs", "interleaved_zb", "zbv_zero_bubble", "dualpipev")
 DP_ENGINES = ("fsdp", "ddp")
 AC_MODES = ("none", "full", "selective")
+FSDP_GRAD_SYNCS = ("micro_batch", "last")
+FSDP_RESHARD_CHOICES = ("auto", "true", "false")
 LOSSES = ("standard", "goldfish")
 GOLDFISH_STRATEGIES = ("hash", "static")
 OPTIMIZERS = ("adamw",)
@@ -150,6 +152,9 @@ def _check_parallel(cfg: TrainConfig, p: _Problems) -> None:
     p.choice("parallel.dp_engine", par.dp_engine, DP_ENGINES)
     p.choice("parallel.pp_schedule", par.pp_schedule, PP_SCHEDULES)
     p.choice("parallel.activation_checkpoint", par.activation_checkpoint, AC_MODES)
+    p.choice("parallel.fsdp_grad_sync", par.fsdp_grad_sync, FSDP_GRAD_SYNCS)
+    # YAML's true/false reach a str field as "True"/"False": accepted in any case (parallel/data.py).
+    p.choice("parallel.fsdp_reshard_after_forward", str(par.fsdp_reshard_after_forward).lower(), FSDP_RESHARD_CHOICES)
     if not dims_ok or m.num_heads <= 0 or m.num_kv_heads <= 0:
         return
     for key, value in (("model.num_heads", m.num_heads), ("model.num_kv_heads", m.num_kv_heads),

@@ -203,7 +203,9 @@ def dropped_fraction_record(transform: Any, group: Any = None, device: Any = Non
     whole global batch: with a data-parallel `group` the counts are summed over its ranks (every rank
     of the group must call this, once per step, as the trainer does).
     """
-    if not isinstance(transform, GoldfishTransform):
+    # Any source of Goldfish counts: the transform itself, or the prefetching loader that hands on the
+    # counts of the steps it has delivered (data/prefetch.py).
+    if transform is None or not hasattr(transform, "pop_counts"):
         return {}
     counts = torch.tensor(transform.pop_counts(), dtype=torch.float64, device=device)
     if group is not None:

@@ -77,7 +77,8 @@ class ParallelModel:
         """Accumulate the gradient of ``scale * sum of kept-token losses`` over this rank's micro-batches;
         returns this rank's unscaled loss sum (zero on pipeline ranks without the last stage)."""
         if self.pipeline is not None:
-            loss_sum = self.pipeline.step(micro_batches, float(scale), self.device)
+            # The scale stays a device tensor: float() here would wait for the device every step.
+            loss_sum = self.pipeline.step(micro_batches, scale.float(), self.device)
             if self.tied_sync is not None:
                 self.tied_sync()
             return loss_sum
@@ -85,7 +86,8 @@ class ParallelModel:
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         for i, mb in enumerate(micro_batches):
             mb = {k: v.to(self.device, non_blocking=True) for k, v in mb.items()}
-            with gradient_sync(model, i == len(micro_batches) - 1), loss_context(self.tp_enabled):
+            with gradient_sync(model, i == len(micro_batches) - 1, self.cfg.parallel.fsdp_grad_sync), \
+                    loss_context(self.tp_enabled):
                 with self.compute_context():
                     logits = model(mb["input_ids"], mb["position_ids"])
                 local = local_loss(loss_fn(logits, mb["labels"], mb["loss_mask"]))
@@ -156,7 +158,8 @@ def parallelize(cfg: TrainConfig, pmesh: ParallelMesh, device: torch.device, see
         if par.compile:
             apply_compile(part)
         if par.dp > 1 and par.dp_engine == "fsdp":
-            apply_fsdp(part, pmesh.fsdp_mesh, dtype, pipelined=par.pp > 1)
+            apply_fsdp(part, pmesh.fsdp_mesh, dtype, pipelined=par.pp > 1,
+                       reshard=par.fsdp_reshard_after_forward)
         if materialize:
             part.to_empty(device=device)
             init_model_part(part, seed)

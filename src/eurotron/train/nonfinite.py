@@ -4,14 +4,25 @@ No collective and no device-to-host read of its own. The step's loss sum is all-
 pipeline and data-parallel ranks and its gradient norm over every sharded dim and the pipeline
 (``Trainer._sum_over_ranks``, ``parallel/grads.py``); IEEE sums propagate NaN and Inf, so those two
 already-reduced scalars are non-finite on every rank as soon as any rank's part is. The finite flag
-therefore rides on reductions the step does anyway, and the trainer reads both scalars back in its one
-per-step read (``read_step_values``). Every rank sees the same numbers and takes the same decision.
+therefore rides on reductions the step does anyway, and every rank takes the same decision.
 
-On a skipped step the optimizer and the schedule are not stepped (their state is untouched), the
-gradients are zeroed and the batch is consumed: the step counter and the data position advance, as
-Megatron-LM and OLMo skip a bad batch rather than retrying it. ``max_nonfinite_steps`` consecutive
-skipped steps (non-finite or loss spikes) stop the run, since a model whose every step is skipped is
-not training.
+Two ways to apply it (issue 13: no per-step host sync):
+
+* on the device (the default): ``nonfinite_flag`` is handed to fused AdamW as ``found_inf`` (the
+  attribute GradScaler sets), which then leaves parameters, moments and its step counter untouched.
+  The step's values stay on the device (``step_values``) and the host reads them, with those of the
+  steps before, only on steps that need them (log, eval, checkpoint and last steps): ``check`` then
+  runs over each step in order, counts and logs the skipped ones and raises a stop decision, which
+  can therefore come up to ``logging.log_every - 1`` steps after the step it names.
+* on the host, every step, before the update: with ``train.spike_sigma > 0`` (the spike rule needs
+  the loss value) or an optimizer that is not fused (foreach / single_tensor AdamW refuse
+  ``found_inf``): one read per step, as before.
+
+On a skipped step the optimizer is not applied, the gradients are zeroed and the batch is consumed:
+the step counter, the data position and the learning-rate schedule advance (as OLMo-core's skip-step
+optimizer does; the host cannot hold the schedule back without reading the flag), as Megatron-LM and
+OLMo skip a bad batch rather than retrying it. ``max_nonfinite_steps`` consecutive skipped steps
+(non-finite or loss spikes) stop the run, since a model whose every step is skipped is not training.
 """
 
 from __future__ import annotations
@@ -50,10 +61,25 @@ def halt_if_asked(record: Dict[str, Any]) -> None:
         raise TrainingHalted(record["halt"])
 
 
-def read_step_values(loss: torch.Tensor, grad_norm: torch.Tensor, kept: torch.Tensor) -> List[float]:
-    """The step's loss, gradient norm and kept-token count in one device-to-host read (not three)."""
+def step_values(loss: torch.Tensor, grad_norm: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """The step's loss, gradient norm and kept-token count as one float64 device tensor (nothing read)."""
     values = [t.full_tensor() if isinstance(t, DTensor) else t for t in (loss, grad_norm, kept)]
-    return torch.stack([v.detach().to(torch.float64).reshape(()) for v in values]).tolist()
+    return torch.stack([v.detach().to(torch.float64).reshape(()) for v in values])
+
+
+def read_step_values(pending: Sequence[torch.Tensor]) -> List[List[float]]:
+    """The values of several steps (``step_values``) in one device-to-host read."""
+    return torch.stack(list(pending)).tolist()
+
+
+def nonfinite_flag(values: torch.Tensor) -> torch.Tensor:
+    """1.0 where the loss or the gradient norm is NaN/Inf, else 0.0: fp32 on the device, as found_inf."""
+    return (~torch.isfinite(values[:2])).any().to(torch.float32)
+
+
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether this optimizer honours an on-device ``found_inf`` (fused AdamW does; foreach does not)."""
+    return bool(optimizer.defaults.get("fused"))
 
 
 class NonFiniteGuard:

@@ -5,15 +5,19 @@ The job script (launchers/) asks Slurm for a signal ``launch.signal_seconds`` be
 ``$EUROTRON_PREEMPT_FILE`` and, where the ranks are Slurm tasks themselves, forwards the signal to
 them. A rank learns of it either way: its own handler (USR2, or SIGTERM when Slurm ends the job)
 sets a flag, and rank 0 looks for the file after every step (torchrun's ranks never see a signal
-sent to the batch shell). After every step all ranks agree on the flag (one all-reduce of a scalar),
-so they stop after the same step; the trainer writes its checkpoint and leaves its loop. Then
+sent to the batch shell). All ranks agree on the flag so that they stop after the same step, without
+a per-step wait (issue 13): after step s every rank starts a non-blocking MAX all-reduce of its flag
+and, after step s+1, waits for that one (on GPUs: for an event recorded after the reduction and its
+copy into pinned host memory, so the host never waits for the step it has just queued) and starts the
+next. A multi-process run therefore stops one step after the signal arrived (a single process, with
+nothing to agree on, after the step itself). The trainer writes its checkpoint and leaves its loop. Then
 ``finish()`` asks Slurm to requeue the job (``scontrol requeue $SLURM_JOB_ID``, when the script set
 ``EUROTRON_REQUEUE=1``) or simply returns, so the process exits 0 and the next job of a chain
 (``--dependency=afterany``) resumes from ``latest``. SIGTERM never requeues: it means the job is being
 cancelled or preempted, and Slurm decides what happens next.
 
 Usage: ``install()`` before the trainer starts, ``stop_requested(trainer)`` after each step (the
-hook in ``Trainer.fit``), ``finish()`` after ``fit`` returns.
+hook in ``Trainer.fit``), ``drain()`` when the loop ends, ``finish()`` after ``fit`` returns.
 """
 
 from __future__ import annotations
@@ -89,8 +93,9 @@ def install() -> None:
 
 def reset() -> None:
     """Forget a previous request (tests run several trainers in one process)."""
-    global _state
+    global _state, _pending
     _state = _State(installed=_state.installed)
+    _pending = None
 
 
 def _flag_file_request() -> int:
@@ -104,16 +109,54 @@ def _flag_file_request() -> int:
     return TERMINATE if content in ("TERM", "SIGTERM") else WARNING
 
 
+class _Agreement:
+    """A MAX all-reduce of the flags, started now and read a step later without a device sync."""
+
+    def __init__(self, local: int, device: torch.device) -> None:
+        device = torch.device(device)
+        source = torch.tensor([local], dtype=torch.int32, pin_memory=device.type == "cuda")
+        self.flag = source.to(device, non_blocking=True)
+        self.work = dist.all_reduce(self.flag, op=dist.ReduceOp.MAX, async_op=True)
+        self.host, self.event = self.flag, None
+        if device.type == "cuda":
+            self.work.wait()  # orders the stream after the reduction; the host goes on
+            self.host = torch.empty(1, dtype=torch.int32, pin_memory=True)
+            self.host.copy_(self.flag, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def result(self) -> int:
+        if self.event is not None:
+            self.event.synchronize()  # the previous step's reduction; this step's work stays queued
+        else:
+            self.work.wait()
+        return int(self.host.numpy()[0])  # host memory: no device read
+
+
+_pending: Optional[_Agreement] = None
+
+
 def _agree(local: int, device: torch.device) -> int:
+    """The flag agreed over all ranks one step ago (NONE at the first step); starts the next agreement."""
+    global _pending
     if not dist.is_initialized():
         return local
-    flag = torch.tensor([local], dtype=torch.int32, device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return int(flag.item())
+    agreed = _pending.result() if _pending is not None else NONE
+    _pending = _Agreement(local, device) if agreed == NONE else None
+    return agreed
+
+
+def drain() -> None:
+    """Finish the agreement still in flight when the loop ends (every rank started it)."""
+    global _pending
+    if _pending is not None:
+        _pending.result()
+        _pending = None
 
 
 def stop_requested(trainer: Any) -> bool:
-    """Called by every rank after every step; True (on all ranks at once) when the run must stop now.
+    """Called by every rank after every step; True (on all ranks at once, one step after a request
+    under several processes) when the run must stop now.
 
     Writes the checkpoint for this step unless the loop already wrote one this step or will write one
     when it ends (``checkpoint.save_final``), so exactly one is written before the requeue.

@@ -25,6 +25,7 @@ from ..config import ConfigError, TrainConfig
 from ..data.blend import open_train_dataset
 from ..data.goldfish import build_batch_transform, dropped_fraction_record
 from ..data.loader import BatchLoader, TokenDataset
+from ..data.prefetch import wrap_loader
 from ..model import build_model, count_parameters, model_flops_per_token
 from ..model.linear import onednn_available, set_cpu_matmul
 from ..parallel.env import ProcessEnv, is_main_process, process_env, select_device
@@ -37,9 +38,11 @@ from .loss import summed_cross_entropy
 from .goodput import Goodput
 from .metrics import MetricsLogger
 from .mfu import mfu  # peak FLOP/s: cluster.peak_flops, else detected (issue 13)
-from .nonfinite import NonFiniteGuard, check_state_before_save, halt_if_asked, read_step_values
+from .nonfinite import (NonFiniteGuard, check_state_before_save, halt_if_asked, nonfinite_flag, skips_on_device,
+                        step_values)
 from .optim import build_optimizer
 from .schedule import build_scheduler
+from .step_reads import DeferredReads
 from .watchdog import Watchdog
 
 RESOLVED_CONFIG = "config.yaml"
@@ -77,7 +80,8 @@ class Trainer:
         self.optimizers = [build_optimizer(part, cfg.optim, self.device) for part in self.model_parts]
         self.schedulers = [build_scheduler(opt, cfg.scheduler, cfg.train.steps) for opt in self.optimizers]
         self.model, self.optimizer, self.scheduler = self.model_parts[0], self.optimizers[0], self.schedulers[0]
-        self.loader = BatchLoader(
+        # The next step's batches are prepared in a background thread (pinned on GPUs): data/prefetch.py.
+        self.loader = wrap_loader(BatchLoader(
             self.dataset,
             seq_len=cfg.data.seq_len,
             global_batch_size=cfg.data.global_batch_size,
@@ -87,7 +91,7 @@ class Trainer:
             seed=cfg.data.seed,
             shuffle=cfg.data.shuffle,
             batch_transform=build_batch_transform(cfg.loss),  # Goldfish: narrows loss_mask
-        )
+        ), self.device)
         self.eval_dataset = self._open_eval_split()
         self.checkpoints = CheckpointManager(
             self.run_dir / "checkpoints", cfg.checkpoint.keep_last, tokenizer_dir=self.dataset.tokenizer_dir,
@@ -97,6 +101,11 @@ class Trainer:
         self.tokens_seen = 0
         self.resume_changes: List[resume_config.SettingChange] = []  # optimizer/schedule settings changed on resume
         self.guard = NonFiniteGuard(cfg.train)  # non-finite and loss-spike steps are skipped or stop the run
+        # Loss, grad norm and kept tokens stay on the device until a step must read them (step_reads.py);
+        # the spike rule and non-fused optimizers need the guard's verdict before every update.
+        self.reads = DeferredReads(self.guard)
+        self._read_every_step = bool(cfg.train.spike_sigma) or not all(map(skips_on_device, self.optimizers))
+        self._completed: List[Dict[str, Any]] = []  # read records the loop has not logged yet
         # Set by fit() for its duration: every save in the loop is watched for hangs and timed for goodput.
         self._watchdog: Optional[Watchdog] = None
         self._goodput: Optional[Goodput] = None
@@ -181,42 +190,65 @@ class Trainer:
             dist.all_reduce(value, group=self.dp_group)
         return value
 
+    def _read_due(self, step: int) -> bool:
+        """Whether step ``step`` reads its values (and the unread ones before it) back to the host."""
+        c = self.cfg
+
+        def every(n: int) -> bool:
+            return bool(n) and step % n == 0
+
+        return (self._read_every_step or every(c.logging.log_every) or step >= c.train.steps
+                or every(c.checkpoint.every) or (self.eval_dataset is not None and every(c.eval.every)))
+
+    def _complete_reads(self) -> None:
+        """Read the unread steps (one device-to-host copy) and queue their judged records for the loop."""
+        done = self.reads.complete()
+        if done:
+            # Goldfish counts over the steps since the last read, summed over the DP ranks.
+            counts = self.loader if self.loader.batch_transform is not None else None
+            done[-1].update(dropped_fraction_record(counts, self.dp_group, self.device))
+            self._completed += done
+
     def train_step(self) -> Dict[str, Any]:
+        """One optimizer step; its record holds loss, grad_norm and the guard's verdict once read."""
         started = time.perf_counter()
         micro_batches = self.loader.next_step()
         kept = self._global_kept_tokens(micro_batches)
         loss_sum = self._sum_over_ranks(self.forward_backward(micro_batches, kept))
         max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
         grad_norm = self.parallel.clip_gradients(max_norm)
-        lr = self.optimizer.param_groups[0]["lr"]
-        # The step's one device-to-host read. Loss and norm are already reduced over all ranks, and
-        # NaN/Inf survive those sums, so every rank reads the same values and decides alike (nonfinite.py).
-        loss, norm, kept_tokens = read_step_values(loss_sum / kept.clamp(min=1.0), grad_norm, kept)
-        verdict = self.guard.check(self.step + 1, loss, norm)
+        record: Dict[str, Any] = {"step": self.step + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+        # Loss and norm are already reduced over all ranks, and NaN/Inf survive those sums, so every
+        # rank holds the same values and decides alike (nonfinite.py).
+        values = step_values(loss_sum / kept.clamp(min=1.0), grad_norm, kept)
+        self.reads.add(record, values)
+        found_inf = None
+        if self._read_due(record["step"]):
+            self._complete_reads()  # the guard judges this step on the host, before its update
+            apply = not record.get("skipped")
+        else:
+            apply, found_inf = True, nonfinite_flag(values)  # the device skips a non-finite update
         for optimizer, scheduler in zip(self.optimizers, self.schedulers):
-            if verdict.apply:  # a skipped step leaves optimizer and schedule state untouched
+            if apply:
+                # Fused AdamW leaves parameters, moments and its step count alone where found_inf is 1.
+                optimizer.found_inf = found_inf
                 optimizer.step()
-                scheduler.step()
+            scheduler.step()  # the schedule advances on skipped steps too (nonfinite.py)
             optimizer.zero_grad(set_to_none=True)
         self.step += 1  # skipped or not, the batch is consumed (as Megatron-LM and OLMo do)
         tokens = self.cfg.data.global_batch_size * self.cfg.data.seq_len
         self.tokens_seen += tokens
+        # Host time: on a GPU the device may still be running this step when the host moves on.
         elapsed = time.perf_counter() - started
         tokens_per_s = tokens / elapsed
         world = max(self.env.world_size, 1)
-        return {
-            "step": self.step,
-            "loss": loss,
-            "lr": lr,
-            "grad_norm": norm,
-            "kept_tokens": int(kept_tokens),
-            **dropped_fraction_record(self.loader.batch_transform, self.dp_group, self.device),
+        record.update({
             "tokens_seen": self.tokens_seen,
             "step_time_s": elapsed,
             "tokens_per_s": tokens_per_s,
             "mfu": mfu(self.flops_per_token * tokens_per_s, self.cfg.cluster.peak_flops, self.device, world),
-            **verdict.record,
-        }
+        })
+        return record
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -259,11 +291,26 @@ class Trainer:
     # -------------------------------------------------------------------------------------- loop
     def checkpoint_now(self) -> Optional[Path]:
         """Every save of the loop: refused for a non-finite state, watched for hangs, timed for goodput."""
+        self._complete_reads()  # a step the guard stops on is never saved (the loop stops on it)
+        if any(r.get("halt") for r in self._completed):
+            return None
         with self._watchdog.save(self.step) if self._watchdog else contextlib.nullcontext(), \
                 self._goodput.phase("checkpoint_s") if self._goodput else contextlib.nullcontext():
             check_state_before_save(self.step, self.model_parts, self.optimizers, self.device,
                                     self.run_dir / "checkpoints")
             return self.save_checkpoint()
+
+    def _log_completed(self, logger: MetricsLogger, goodput: Goodput) -> Optional[Dict[str, Any]]:
+        """Account and log the steps read since the last call, in order; stop where the guard said so."""
+        done, self._completed = self._completed, []
+        for record in done:
+            goodput.step_done(record["step"], record["step_time_s"], bool(record.get("skipped")))
+            if record["step"] % self.cfg.logging.log_every == 0 or "eval_loss" in record or record.get("skipped"):
+                record.update(goodput.record_fields())
+                logger.log(record)
+                goodput.write()  # the progress a later attempt measures its lost work against
+            halt_if_asked(record)  # train.nonfinite=stop or too many consecutive skips: logged, then out
+        return done[-1] if done else None
 
     def fit(self) -> Dict[str, Any]:
         cfg = self.cfg
@@ -291,17 +338,11 @@ class Trainer:
             while self.step < cfg.train.steps:
                 with watchdog.step(self.step + 1), goodput.phase("train_s"):
                     record = self.train_step()
-                goodput.step_done(self.step, record["step_time_s"], bool(record.get("skipped")))
                 steps_this_run += 1
                 if self.eval_dataset is not None and cfg.eval.every and self.step % cfg.eval.every == 0:
                     with watchdog.evaluation(self.step), goodput.phase("eval_s"):
                         record["eval_loss"] = self.evaluate()
-                if self.step % cfg.logging.log_every == 0 or "eval_loss" in record or record.get("skipped"):
-                    record.update(goodput.record_fields())
-                    logger.log(record)
-                    goodput.write()  # the progress a later attempt measures its lost work against
-                halt_if_asked(record)  # train.nonfinite=stop or too many consecutive skips: logged, then out
-                last = record
+                last = self._log_completed(logger, goodput) or last
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
                     self.checkpoint_now()
                     saved_at = self.step
@@ -310,6 +351,9 @@ class Trainer:
                 with watchdog.between_steps(self.step):  # its all-reduce can hang like a step's
                     if preemption.stop_requested(self):  # Slurm's time-limit signal: checkpoint, then requeue/exit
                         break
+            preemption.drain()  # an agreement still in flight (every rank started it) is finished
+            self._complete_reads()  # steps left unread by a break
+            last = self._log_completed(logger, goodput) or last
             if cfg.checkpoint.save_final and saved_at != self.step:
                 self.checkpoint_now()
             with watchdog.save(self.step), goodput.phase("checkpoint_s"):
