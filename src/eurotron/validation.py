@@ -21,7 +21,7 @@ PP_SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b", "looped_bfs", "interleaved_
 # Schedules that run several (virtual) stages per rank.
 MULTI_STAGE_SCHEDULES = ("interleaved_1f1b", "looped_bfs", "interleaved_zb", "zbv_zero_bubble", "dualpipev")
 DP_ENGINES = ("fsdp", "ddp")
-AC_MODES = ("none", "full", "selective")
+AC_MODES = ("none", "full", "selective", "selective_op")
 LOSSES = ("standard", "goldfish")
 GOLDFISH_STRATEGIES = ("hash", "static")
 OPTIMIZERS = ("adamw",)

@@ -20,7 +20,8 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..model.transformer import Transformer
-from .activation import apply_activation_checkpointing, apply_compile
+from .activation import apply_activation_checkpointing
+from .compile import apply_compile
 from .data import apply_ddp, apply_fsdp, gradient_sync, unwrap
 from .grads import clip_grad_norm
 from .init import init_model_part
