@@ -180,13 +180,15 @@ def overrides(data: Path, run_dir: Path, *layout: str) -> List[str]:
 
 
 TP_DP = ["parallel=tp2_dp2"]  # TP2 with sequence parallelism inside FSDP2 over 2 ranks
-TP_PP = ["parallel=tp2_pp2"]
+TP_PP = ["parallel=tp2_pp2", "parallel.sequence_parallel=false"]
 RUNS = {
     "tp_dp": TP_DP,
     "tp_dp_compiled": [*TP_DP, "parallel.compile=true"],
     "tp_dp_selective_op": [*TP_DP, "parallel.activation_checkpoint=selective_op"],
     "tp_dp_compiled_selective_op": [*TP_DP, "parallel.compile=true", "parallel.activation_checkpoint=selective_op"],
+    "tp_dp_compiled_full": [*TP_DP, "parallel.compile=true", "parallel.activation_checkpoint=full"],
     "tp_pp": TP_PP,
+    "tp_pp_compiled": [*TP_PP, "parallel.compile=true"],
     "tp_pp_compiled_full": [*TP_PP, "parallel.compile=true", "parallel.activation_checkpoint=full"],
     "dp4_fsdp_bf16": ["parallel.dp_shard=4", "train.precision=bf16"],
     "tp_pp_bf16": [*TP_PP, "train.precision=bf16"],
@@ -197,6 +199,8 @@ EXPECTED = {
     "tp_dp_compiled": ("tp_dp", 1e-5),
     "tp_dp_selective_op": ("tp_dp", 1e-6),
     "tp_dp_compiled_selective_op": ("tp_dp", 1e-5),
+    "tp_dp_compiled_full": ("tp_dp", 1e-5),
+    "tp_pp_compiled": ("tp_pp", 1e-5),
     "tp_pp_compiled_full": ("tp_pp", 1e-5),
     "dp4_fsdp_bf16": ("tp_dp", 2e-2),
     "tp_pp_bf16": ("tp_pp", 2e-2),
