@@ -6,7 +6,9 @@ Only the block's ``forward`` is compiled (replaced on the instance), not ``Modul
   * FSDP2's all-gather / reshard hooks, added to the block afterwards, run eagerly around it;
   * parameter FQNs stay ``layers.<i>....`` (no ``_orig_mod``), so checkpoints are layout-free.
 ``fullgraph=True`` turns any graph break into an error at the first step instead of a silent slowdown.
-All blocks share one code object, so a same-shaped block reuses the first block's graph.
+All blocks share one code object, so a same-shaped block reuses the first block's graph; under TP
+with sequence parallelism the second block recompiles once (its input is the first block's
+AsyncCollectiveTensor, the first block's a plain tensor), later blocks reuse that second graph.
 
 Where the checkpoint goes:
   * ``selective_op``: inside the compiled forward (checkpoint first, then compile). Its policy acts on
