@@ -2,7 +2,8 @@
 orders it, together with activation checkpointing.
 
 Only the block's ``forward`` is compiled (replaced on the instance), not ``Module.__call__``:
-  * the graph holds the TP redistributions of the sub-modules (set up before), so inductor sees them;
+  * the graph would hold the TP redistributions of the sub-modules (set up before); validation refuses
+    compile with tp > 1 for now: torch 2.13 gave wrong gradients there (tests/test_compile_recompute.py);
   * FSDP2's all-gather / reshard hooks, added to the block afterwards, run eagerly around it;
   * parameter FQNs stay ``layers.<i>....`` (no ``_orig_mod``), so checkpoints are layout-free.
 ``fullgraph=True`` turns any graph break into an error at the first step instead of a silent slowdown.
