@@ -221,7 +221,7 @@ EXPECTED = {
 }
 
 
-def test_compiled_blocks_under_tp_fsdp_pp_match_eager_without_graph_breaks(data, tmp_path):
+def test_compiled_blocks_under_pp_fsdp_match_eager_without_graph_breaks(data, tmp_path):
     result_file, spec = tmp_path / "result.json", tmp_path / "spec.json"
     runs = [{"name": name, "overrides": overrides(data, tmp_path / name, *layout)} for name, layout in RUNS.items()]
     spec.write_text(json.dumps({"runs": runs, "result": str(result_file)}))
