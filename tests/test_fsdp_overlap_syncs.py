@@ -222,8 +222,6 @@ def test_no_host_read_outside_log_steps(dataset, tmp_path, monkeypatch):  # noqa
     assert [r["step"] for r in records] == [4, 8] and all("goldfish_dropped_frac" in r for r in records)
 
 
-@pytest.mark.xfail(reason="model/attention.py reads bool(starts[:, 1:].any()) in every forward with document "
-                          "masking; removed by issue 13's attention part (another branch)", strict=False)
 def test_no_host_read_outside_log_steps_including_the_forward(dataset, tmp_path, monkeypatch):  # noqa: F811
     counts = _count_reads(_sync_trainer(dataset, tmp_path), monkeypatch, exclude_forward=False)
     assert all(counts[s] == 0 for s in (1, 2, 3, 5, 6, 7)), dict(counts)

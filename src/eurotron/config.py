@@ -89,7 +89,8 @@ class ParallelConfig:
     pp_virtual_stages: int = 1
     # Explicit layers per (virtual) stage; empty means an even split.
     pp_layers_per_stage: List[int] = field(default_factory=list)
-    # none | full | selective (every `activation_checkpoint_every`-th layer).
+    # none | full | selective (every `activation_checkpoint_every`-th layer) | selective_op (every layer,
+    # op level: matmul/attention outputs kept, elementwise/norm ops recomputed).
     activation_checkpoint: str = "none"
     activation_checkpoint_every: int = 2
     compile: bool = False

@@ -5,7 +5,8 @@
     tensor.py       tensor + sequence parallel plans, loss_parallel
     pipeline.py     stage split, stage placement, schedules, tied-embedding gradient sync
     data.py         FSDP2 / HSDP / DDP, mixed precision
-    activation.py   activation checkpointing, per-block torch.compile
+    activation.py   activation checkpointing (none / full / selective / selective_op)
+    compile.py      per-block torch.compile and where the checkpoint goes around it
     init.py         layout-independent weight initialisation of sharded parameters
     grads.py        global gradient-norm clipping across TP / PP / DP
     parallelize.py  the one parallelize function and this rank's ParallelModel

@@ -57,6 +57,7 @@ def format_layout(cfg: TrainConfig, ranges: Sequence[range], per_rank: Sequence[
         f"; data parallel: {par.dp_engine + ' x' + str(par.dp) if par.dp > 1 else 'off'}"
         f"; activation checkpointing: {par.activation_checkpoint}"
         f"{' (layers ' + ','.join(map(str, checkpointed)) + ')' if par.activation_checkpoint == 'selective' else ''}"
+        f"{' (every layer, op level: matmul/attention outputs kept)' if par.activation_checkpoint == 'selective_op' else ''}"
         f"; compile: {'on' if par.compile else 'off'}",
         f"  batch: {cfg.data.global_batch_size} sequences x {cfg.data.seq_len} tokens per step = "
         f"{n_micro} micro-batch(es) of {cfg.data.micro_batch_size} per data-parallel rank",

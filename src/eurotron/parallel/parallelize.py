@@ -3,7 +3,7 @@
 Order (as torchtitan does it, everything on the meta device until the end):
   1. pipeline split: build the stage(s) this rank owns (the whole model without PP);
   2. tensor / sequence parallel plans over the "tp" mesh;
-  3. activation checkpointing, then per-block torch.compile;
+  3. activation checkpointing and per-block torch.compile (compile.py: which wraps which);
   4. FSDP2 / HSDP over the data-parallel dims;
   5. materialise on the device and initialise layout-independently (``init.py``);
   6. DDP wraps the initialised part (DDP needs real tensors).
@@ -20,7 +20,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..model.transformer import Transformer
-from .activation import apply_activation_checkpointing, apply_compile
+from .compile import checkpoint_and_compile
 from .data import apply_ddp, apply_fsdp, gradient_sync, unwrap
 from .float8 import apply_float8
 from .grads import clip_grad_norm
@@ -154,9 +154,7 @@ def parallelize(cfg: TrainConfig, pmesh: ParallelMesh, device: torch.device, see
         apply_float8(part, cfg.train.float8, device)  # train.float8 (issue 13): before TP and compile
         if par.tp > 1:
             apply_tensor_parallel(part, pmesh.tp_mesh, par.sequence_parallel)
-        checkpointed += apply_activation_checkpointing(part, par.activation_checkpoint, par.activation_checkpoint_every)
-        if par.compile:
-            apply_compile(part)
+        checkpointed += checkpoint_and_compile(part, par)
         if par.dp > 1 and par.dp_engine == "fsdp":
             apply_fsdp(part, pmesh.fsdp_mesh, dtype, pipelined=par.pp > 1,
                        reshard=par.fsdp_reshard_after_forward)
