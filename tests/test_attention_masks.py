@@ -250,3 +250,14 @@ def test_validation_names_key_and_fix(overrides, key, fix):
 def test_valid_attention_settings_pass():
     cfg, _ = compose_train(["experiment=demo", "parallel=single", "model.sliding_window=64", "model.attention=sdpa"])
     validate_train_config(cfg, world_size=1)
+
+
+def test_flex_is_refused_for_training_on_a_cpu_device():
+    from eurotron.config import ConfigError
+    from eurotron.model.masks import check_trainable
+
+    with pytest.raises(ConfigError, match="model.attention=flex: this run is on the CPU"):
+        check_trainable("flex", torch.device("cpu"))
+    for choice in ("auto", "sdpa"):
+        check_trainable(choice, torch.device("cpu"))
+    check_trainable("flex", torch.device("cuda", 0))

@@ -43,6 +43,16 @@ def resolve_backend(choice: str, device: torch.device, masked: bool) -> str:
     return choice
 
 
+def check_trainable(choice: str, device: torch.device) -> None:
+    """model.attention=flex trains only on GPUs: torch 2.13 has no FlexAttention backward on CPU. Validation
+    refuses cluster.device=cpu; this catches cluster.device=auto on a machine without a GPU."""
+    if choice == "flex" and device.type == "cpu":
+        from ..config import ConfigError
+
+        raise ConfigError("model.attention=flex: this run is on the CPU (no GPU visible) and torch has no "
+                          "FlexAttention backward on CPU; use model.attention=auto (or sdpa), or run on a GPU")
+
+
 def document_ids(position_ids: torch.Tensor) -> torch.Tensor:
     """int32 ``[B, L]``: the index of each token's document in its row (a document starts at position 0)."""
     return (position_ids == 0).cumsum(dim=-1, dtype=torch.int32)

@@ -28,6 +28,7 @@ from ..data.loader import BatchLoader, TokenDataset
 from ..data.prefetch import wrap_loader
 from ..model import build_model, count_parameters, model_flops_per_token
 from ..model.linear import onednn_available, set_cpu_matmul
+from ..model.masks import check_trainable
 from ..parallel.env import ProcessEnv, is_main_process, process_env, select_device
 from ..parallel.layout import format_layout, gather_counts
 from ..parallel.mesh import build_mesh, init_distributed, resolve_backend
@@ -55,6 +56,7 @@ class Trainer:
         self.env = env or process_env()
         self.run_dir = Path(cfg.run_dir)
         self.device = select_device(cfg.cluster.device, self.env.local_rank)
+        check_trainable(cfg.model.attention, self.device)  # flex has no CPU backward (device=auto, no GPU)
         if cfg.cluster.cpu_threads:
             torch.set_num_threads(cfg.cluster.cpu_threads)
         # On GPUs the choice only concerns stray CPU matmuls: a build without oneDNN keeps PyTorch's.
