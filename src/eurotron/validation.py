@@ -161,12 +161,6 @@ def _check_parallel(cfg: TrainConfig, p: _Problems) -> None:
                        ("model.ffn_hidden_size", m.ffn_hidden_size), ("model.vocab_size", m.vocab_size)):
         if value % par.tp:
             p.add("parallel.tp", par.tp, f"must divide {key}={value} (each TP rank holds an equal share)")
-    if par.compile and par.tp > 1:
-        # torch 2.13 (CPU/gloo, tests/test_compile_recompute.py): compiled DTensor blocks give a wrong
-        # gradient norm under TP2+SP x FSDP2 and fail in the pipeline backward under TP x PP.
-        p.add("parallel.compile", True,
-              f"is not supported with tensor parallelism (tp={par.tp}): compiled TP blocks give wrong "
-              f"gradients in torch 2.13; set parallel.compile=false or parallel.tp=1")
     if par.sequence_parallel and par.tp == 1:
         p.add("parallel.sequence_parallel", True, "needs parallel.tp > 1 (it shards activations over the TP group)")
     if par.dp_engine == "ddp" and par.dp_shard > 1:
