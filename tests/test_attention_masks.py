@@ -156,6 +156,14 @@ def test_sliding_window_receptive_field():
     assert (diff[7:] == 0).all()
 
 
+def test_a_window_as_long_as_the_sequence_keeps_plain_causal_attention():
+    """An imported Mistral-7B-v0.1 (window 4096) trained at seq_len <= 4096 takes SDPA's causal kernels."""
+    cpu = torch.device("cpu")
+    for backend in ("sdpa", "flex"):
+        assert build_attention_mask(None, 16, cpu, backend=backend, document_masking=False, sliding_window=16) is None
+        assert build_attention_mask(None, 17, cpu, backend=backend, document_masking=False, sliding_window=16) is not None
+
+
 def test_mistral_sliding_window_equals_transformers():
     """The window convention (a token sees itself and window-1 before it) is Hugging Face's, and the
     converter writes it to config.json."""
