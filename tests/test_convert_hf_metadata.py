@@ -171,10 +171,10 @@ def test_bad_recorded_metadata_is_named(tmp_path):
     ckpt = _fp32_checkpoint(tmp_path, scale=0.01)
     text = (ckpt / "config.yaml").read_text()
     (ckpt / "config.yaml").write_text(text.replace("dtype: null", "dtype: float8"))
-    with pytest.raises(ConvertError, match="model.hf.dtype='float8'.*must be one of bfloat16, float16, float32"):
+    with pytest.raises(ConvertError, match="config.yaml: model.hf.dtype='float8': must be one of bfloat16, float16, float32"):
         convert_to_hf(ckpt, tmp_path / "hf", progress=False)
     (ckpt / "config.yaml").write_text(text.replace("eos_token_id: null", "eos_token_id: end"))
-    with pytest.raises(ConvertError, match="eos_token_id='end' must be an integer or a list of integers"):
+    with pytest.raises(ConvertError, match="model.hf.eos_token_id='end': must be an integer or a list of integers"):
         convert_to_hf(ckpt, tmp_path / "hf", progress=False)
 
 

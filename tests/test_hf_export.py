@@ -118,7 +118,7 @@ def test_a_failing_export_is_reported_and_the_run_goes_on(tmp_path, monkeypatch,
         (["checkpoint.export_hf_dtype=fp8"], "checkpoint.export_hf_dtype='fp8': must be one of bf16, fp16, fp32"),
         (["model.sliding_window=8"], "checkpoint.export_hf_every=2: this model cannot be exported to Hugging Face "
                                      "format (model.sliding_window=8 cannot be expressed by LlamaForCausalLM"),
-        (["model.hf.eos_token_id=end"], "eos_token_id='end' must be an integer or a list of integers"),
+        (["model.hf.eos_token_id=end"], "model.hf.eos_token_id='end': must be an integer or a list of integers"),
         (["model.hf.dtype=half"], "model.hf.dtype='half': must be one of bfloat16, float16, float32"),
     ],
     ids=["negative", "not-a-multiple", "no-checkpoints", "dtype", "not-exportable", "hf-eos", "hf-dtype"],

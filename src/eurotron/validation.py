@@ -145,17 +145,10 @@ def _check_model(cfg: TrainConfig, p: _Problems) -> None:
 
 
 def _check_hf_metadata(hf: Any, p: _Problems) -> None:
-    """model.hf (written by eurotron-convert from-hf; checked here too since a user may edit it)."""
-    from .convert.dtypes import HF_NAMES
-    from .convert.errors import ConvertError
-    from .convert.hf_metadata import check_metadata
+    """model.hf (written by eurotron-convert from-hf; a user may edit it)."""
+    from .convert.hf_metadata import metadata_problems
 
-    if hf.dtype is not None:
-        p.choice("model.hf.dtype", hf.dtype, HF_NAMES.values())
-    try:
-        check_metadata(hf, "model.hf")
-    except ConvertError as err:
-        p.add("model.hf", "...", str(err))
+    p.lines.extend(metadata_problems(hf))
 
 
 def _check_hf_export(cfg: TrainConfig, p: _Problems) -> None:

@@ -38,11 +38,8 @@ def hf_dtype_name(value: object) -> Optional[str]:
 def export_dtype(choice: Optional[str], cfg: ModelConfig) -> Tuple[str, torch.dtype]:
     """(short name, torch dtype) of an export: ``choice`` (--dtype), else ``model.hf.dtype``, else bf16."""
     if choice is None:
-        recorded = cfg.hf.dtype
-        if recorded is not None and recorded not in _SHORT_BY_HF_NAME:
-            raise ConvertError(f"model.hf.dtype={recorded!r} in the checkpoint's config.yaml: must be one of "
-                               f"{', '.join(_SHORT_BY_HF_NAME)} (or null); fix it or pass --dtype")
-        choice = _SHORT_BY_HF_NAME[recorded] if recorded else DEFAULT
+        recorded = cfg.hf.dtype  # checked by hf_metadata.check_metadata
+        choice = _SHORT_BY_HF_NAME[recorded] if recorded in _SHORT_BY_HF_NAME else DEFAULT
     if choice not in DTYPES:
         raise ConvertError(f"--dtype {choice}: choose one of {', '.join(DTYPES)}")
     return choice, DTYPES[choice]

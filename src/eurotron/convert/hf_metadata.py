@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..config import HFExportConfig
-from .dtypes import hf_dtype_name
+from .dtypes import HF_NAMES, hf_dtype_name
 from .errors import ConvertError
 
 TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -24,33 +24,48 @@ TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 _TOKENIZER_KEYS = {"bos_token_id": "bos_id", "eos_token_id": "eos_id", "pad_token_id": "pad_id"}
 
 
-def _check_id(key: str, value: Any, where: str) -> Any:
-    """An id is an int; ``eos_token_id`` may also be a list of ints; None is "not set"."""
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
-    if value is None or is_int(value):
-        return value
-    if key == "eos_token_id" and isinstance(value, (list, tuple)) and value and all(map(is_int, value)):
-        return [int(v) for v in value]
-    kind = "an integer or a list of integers" if key == "eos_token_id" else "an integer"
-    raise ConvertError(f"{where}: {key}={value!r} must be {kind} (or null)")
+
+def id_problem(key: str, value: Any) -> Optional[str]:
+    """What is wrong with a special id: an int; ``eos_token_id`` may also be a list of ints; None is unset."""
+    if value is None or _is_int(value):
+        return None
+    if key == "eos_token_id" and isinstance(value, (list, tuple)) and value and all(map(_is_int, value)):
+        return None
+    return "must be an integer or a list of integers (or null)" if key == "eos_token_id" else "must be an integer (or null)"
+
+
+def _checked_id(key: str, value: Any, where: str) -> Any:
+    problem = id_problem(key, value)
+    if problem:
+        raise ConvertError(f"{where}: {key}={value!r} {problem}")
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def metadata_from_hf(config: Dict[str, Any], generation: Optional[Dict[str, Any]],
                      weight_dtype: Optional[str], where: str) -> HFExportConfig:
     """``model.hf`` for a source with this config.json, generation_config.json and weight dtype."""
-    ids = {key: _check_id(key, config.get(key), where) for key in TOKEN_KEYS}
+    ids = {key: _checked_id(key, config.get(key), where) for key in TOKEN_KEYS}
     dtype = weight_dtype or hf_dtype_name(config.get("dtype")) or hf_dtype_name(config.get("torch_dtype"))
     return HFExportConfig(**ids, dtype=dtype, generation_config=dict(generation) if generation is not None else None)
 
 
+def metadata_problems(hf: HFExportConfig) -> List[str]:
+    """``model.hf.<key>=<value>: <fix>`` for each bad value of a (possibly hand-edited) ``model.hf``."""
+    problems = [f"model.hf.{key}={getattr(hf, key)!r}: {id_problem(key, getattr(hf, key))}"
+                for key in TOKEN_KEYS if id_problem(key, getattr(hf, key))]
+    if hf.dtype is not None and hf_dtype_name(hf.dtype) != hf.dtype:
+        problems.append(f"model.hf.dtype={hf.dtype!r}: must be one of {', '.join(HF_NAMES.values())} (or null)")
+    return problems
+
+
 def check_metadata(hf: HFExportConfig, where: str) -> None:
-    """A hand-edited ``model.hf`` section is checked before anything is written."""
-    for key in TOKEN_KEYS:
-        _check_id(key, getattr(hf, key), f"{where} (model.hf)")
-    if hf.generation_config is not None and not isinstance(hf.generation_config, dict):
-        raise ConvertError(f"{where}: model.hf.generation_config must be a mapping (or null)")
+    """Refuse a bad ``model.hf`` before anything is written."""
+    problems = metadata_problems(hf)
+    if problems:
+        raise ConvertError(f"{where}: " + "; ".join(problems) + "; fix it there")
 
 
 def special_token_ids(hf: HFExportConfig, tokenizer_ids: Optional[Dict[str, int]]) -> Tuple[Dict[str, Any], List[str]]:

@@ -135,9 +135,9 @@ def convert_to_hf(
     ensure_writable_dir(Path(out_dir).parent, "output directory", out_dir)  # before minutes of reading
     ckpt = resolve_checkpoint(Path(checkpoint))
     model_cfg, run_config = load_run_config(ckpt)
+    check_metadata(model_cfg.hf, str(ckpt / CONFIG_FILE))
     dtype, out_dtype = export_dtype(dtype, model_cfg)
     family: Family = family_for_config(model_cfg)
-    check_metadata(model_cfg.hf, str(ckpt / CONFIG_FILE))
     specs = tensor_specs(model_cfg)
     reader = DCPTensorReader(ckpt / SHARDS_DIR, verify=verify)
     check_tied_embeddings(reader, model_cfg, ckpt / CONFIG_FILE)
