@@ -56,6 +56,13 @@ class HFExporter:
         if running is not None:
             running.result()  # _export reports its own failures
 
+    def close(self) -> None:
+        """Wait for the export in flight, then end the thread (the trainer's last step)."""
+        self.join()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
     def _export(self, step: int, step_dir: Path) -> None:
         from ..convert.to_hf import convert_to_hf
 

@@ -369,7 +369,7 @@ class Trainer:
                 self.checkpoints.wait()  # an asynchronous save still in flight is committed before exiting
             if self.hf_exporter is not None:  # rank 0 only; not watched: its length is the model's, not a hang
                 with goodput.phase("checkpoint_s"):
-                    self.hf_exporter.join()  # the last Hugging Face export is complete before exiting
+                    self.hf_exporter.close()  # the last Hugging Face export is complete before exiting
             ended = "finished" if self.step >= cfg.train.steps else "stopped"
         finally:
             watchdog.close()
