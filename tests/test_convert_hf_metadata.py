@@ -186,3 +186,17 @@ def test_from_hf_refuses_malformed_ids(imported, tmp_path):
     (src / "config.json").write_text(json.dumps({**config, "eos_token_id": "</s>"}))
     with pytest.raises(ConvertError, match=r"eos_token_id='</s>' must be an integer or a list of integers"):
         convert_from_hf(src, tmp_path / "out", progress=False)
+
+
+def test_init_from_with_another_model_config_notes_what_it_drops():
+    import dataclasses
+
+    from eurotron.config import HFExportConfig
+    from eurotron.train.init_from import compare_model_configs
+
+    ours = small_config("mistral")  # e.g. a model config without the imported model's window and ids
+    theirs = dataclasses.replace(ours, sliding_window=8, hf=HFExportConfig(eos_token_id=[2, 3]))
+    notes = compare_model_configs(ours, theirs, "ckpt")
+    assert any("model.sliding_window=0 differs from the checkpoint's 8" in n for n in notes)
+    assert any(n.startswith("model.hf differs from the checkpoint's") for n in notes)
+    assert compare_model_configs(theirs, theirs, "ckpt") == []
