@@ -87,7 +87,8 @@ def run_naive(ckpt: Path, out: Path, dtype: str) -> None:
     from huggingface_hub import save_torch_state_dict
 
     from eurotron.convert.families import tensor_specs
-    from eurotron.convert.to_hf import DTYPES, load_run_config
+    from eurotron.convert.dtypes import DTYPES
+    from eurotron.convert.to_hf import load_run_config
     from eurotron.model import build_model
 
     cfg, _ = load_run_config(ckpt)

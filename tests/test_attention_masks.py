@@ -156,6 +156,14 @@ def test_sliding_window_receptive_field():
     assert (diff[7:] == 0).all()
 
 
+def test_a_window_as_long_as_the_sequence_keeps_plain_causal_attention():
+    """An imported Mistral-7B-v0.1 (window 4096) trained at seq_len <= 4096 takes SDPA's causal kernels."""
+    cpu = torch.device("cpu")
+    for backend in ("sdpa", "flex"):
+        assert build_attention_mask(None, 16, cpu, backend=backend, document_masking=False, sliding_window=16) is None
+        assert build_attention_mask(None, 17, cpu, backend=backend, document_masking=False, sliding_window=16) is not None
+
+
 def test_mistral_sliding_window_equals_transformers():
     """The window convention (a token sees itself and window-1 before it) is Hugging Face's, and the
     converter writes it to config.json."""
@@ -237,7 +245,6 @@ def test_backend_resolution():
         (["model.attention=xformers"], "model.attention='xformers'", "one of auto, sdpa, flex"),
         (["model.attention=flex", "cluster.device=cpu"], "model.attention='flex'", "model.attention=auto or sdpa"),
         (["model.sliding_window=-1"], "model.sliding_window=-1", "zero or positive"),
-        (["model.sliding_window=256", "data.seq_len=256"], "model.sliding_window=256", "below data.seq_len=256"),
     ],
 )
 def test_validation_names_key_and_fix(overrides, key, fix):
@@ -249,6 +256,10 @@ def test_validation_names_key_and_fix(overrides, key, fix):
 
 def test_valid_attention_settings_pass():
     cfg, _ = compose_train(["experiment=demo", "parallel=single", "model.sliding_window=64", "model.attention=sdpa"])
+    validate_train_config(cfg, world_size=1)
+    # A window as long as the sequence changes nothing in training but is part of the model (an imported
+    # Mistral-7B-v0.1 keeps its 4096 at any seq_len, and exports it).
+    cfg, _ = compose_train(["experiment=demo", "parallel=single", "model.sliding_window=256", "data.seq_len=256"])
     validate_train_config(cfg, world_size=1)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from convert_support import (
     save_eurotron_checkpoint,
     small_config,
 )
-from eurotron.convert import convert_from_hf, convert_to_hf
+from eurotron.config import HFExportConfig
+from eurotron.convert import ConvertError, convert_from_hf, convert_to_hf
 from eurotron.convert.families import hf_config_dict, model_config_from_hf
 from eurotron.generation import generate, load_model_from_checkpoint
 
@@ -173,6 +175,9 @@ def test_model_card_without_goldfish_or_report(tmp_path):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_config_json_round_trips_the_model_config(family):
     cfg = small_config(family)
+    cfg.hf = HFExportConfig(bos_token_id=1, eos_token_id=[2, 7], dtype="bfloat16")
+    if family == "mistral":
+        cfg.sliding_window = 16
     back, fam, warnings = model_config_from_hf(hf_config_dict(cfg, "bfloat16"), cfg.name)
     assert back == cfg and fam.name == cfg.family and not warnings
 
@@ -181,15 +186,19 @@ def test_legacy_rope_keys_are_read():
     cfg = small_config("llama")
     hf = hf_config_dict(cfg, "float32")
     del hf["rope_parameters"]  # a transformers-4 config.json: rope_theta + rope_scaling only
-    assert model_config_from_hf(hf, cfg.name)[0] == cfg
+    back = model_config_from_hf(hf, cfg.name)[0]
+    assert back.hf.dtype == "float32" and dataclasses.replace(back, hf=cfg.hf) == cfg
     plain = {k: v for k, v in hf_config_dict(small_config("mistral"), "float32").items() if not k.startswith("rope")}
     back = model_config_from_hf(plain, "m")[0]
     assert back.rope_theta == 10000.0 and back.rope_scaling.type == "none"
 
 
-def test_mistral_sliding_window_is_reported():
+def test_mistral_sliding_window_is_modelled():
     hf = hf_config_dict(small_config("mistral"), "float32")
-    assert model_config_from_hf(hf, "m")[2] == []  # null: full attention, nothing to say
+    assert model_config_from_hf(hf, "m")[0].sliding_window == 0  # null: full attention
     hf["sliding_window"] = 16
-    warnings = model_config_from_hf(hf, "m")[2]
-    assert len(warnings) == 1 and "sliding_window=16 is not modelled" in warnings[0]
+    cfg, _, warnings = model_config_from_hf(hf, "m")
+    assert cfg.sliding_window == 16 and not warnings
+    hf["sliding_window"] = "wide"
+    with pytest.raises(ConvertError, match="sliding_window='wide' must be a positive integer or null"):
+        model_config_from_hf(hf, "m")

@@ -57,6 +57,7 @@ def copy_of(run_dir: Path, tmp_path: Path) -> Path:
     (["model.num_layers=1"], ["model.num_layers=1 here but 2"]),
     (["model.rope_theta=500000", "model.norm_eps=1e-6"], ["model.rope_theta", "model.norm_eps"]),
     (["model.tie_embeddings=true"], ["model.tie_embeddings=True here but False"]),
+    (["model.sliding_window=8"], ["model.sliding_window=8 here but 0"]),  # the attention pattern changes
     (["model.hidden_size=128", "model.ffn_hidden_size=352"], ["model.hidden_size", "model.ffn_hidden_size",
                                                              "model.head_dim"]),
 ])

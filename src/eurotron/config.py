@@ -39,6 +39,23 @@ class RopeScalingConfig:
 
 
 @dataclass
+class HFExportConfig:
+    """What a Hugging Face export writes beyond the architecture. ``eurotron-convert from-hf`` records the
+    source's values here so that ``to-hf`` writes them back unchanged, through any training in between
+    (the model config travels into every run and checkpoint config). null: not known; to-hf then takes
+    the special ids from the checkpoint's tokenizer and exports bf16."""
+
+    bos_token_id: Optional[int] = None
+    # An id or a list of ids (Llama-3.1-Instruct ends on any of [128001, 128008, 128009]).
+    eos_token_id: Any = None
+    pad_token_id: Optional[int] = None
+    # float32 | bfloat16 | float16: the dtype the source's weights were published in (to-hf's default).
+    dtype: Optional[str] = None
+    # The source's generation_config.json (sampling defaults), written back verbatim; null: none.
+    generation_config: Optional[Dict[str, Any]] = None
+
+
+@dataclass
 class ModelConfig:
     name: str = "tiny"
     # Hugging Face family the checkpoint maps to: llama | mistral | apertus.
@@ -67,7 +84,10 @@ class ModelConfig:
     # otherwise; on CPU the dense reference) | sdpa | flex (GPUs only: no FlexAttention backward on CPU).
     attention: str = "auto"
     # Sliding-window attention (Mistral v0.1): a token sees itself and the window-1 tokens before it; 0 = off.
+    # A window of data.seq_len or more changes nothing in training but is part of the model (exported).
     sliding_window: int = 0
+    # Hugging Face metadata of an imported model (special token ids, dtype, generation defaults).
+    hf: HFExportConfig = field(default_factory=HFExportConfig)
 
     @property
     def resolved_head_dim(self) -> int:
@@ -361,6 +381,11 @@ class CheckpointConfig:
     # Write shards in a background thread from a host-memory copy (DCP async_save); the checkpoint is
     # renamed into place and `latest` updated when the write finished (at the next save or at exit).
     async_save: bool = False
+    # Every N steps (a multiple of `every`; 0 = off) rank 0 also writes the checkpoint as a Hugging Face
+    # directory, <step dir>/hf/, in a background thread once the checkpoint is complete (train/hf_export.py).
+    export_hf_every: int = 0
+    # Its dtype: bf16 | fp16 | fp32; null: eurotron-convert to-hf's default (an imported model's own, else bf16).
+    export_hf_dtype: Optional[str] = None
 
 
 @dataclass
@@ -614,7 +639,7 @@ def strict_booleans() -> None:
 # Nested schemas by class name (fields are annotated as strings under `from __future__ import annotations`).
 _SCHEMAS_BY_NAME = {
     cls.__name__: cls
-    for cls in (RopeScalingConfig, ModelConfig, ParallelConfig, DataConfig, LossConfig, OptimConfig,
+    for cls in (RopeScalingConfig, HFExportConfig, ModelConfig, ParallelConfig, DataConfig, LossConfig, OptimConfig,
                 SchedulerConfig, WandbConfig, LoggingConfig, ClusterConfig, CheckpointConfig, EvalConfig,
                 PartitionLimits, SlurmConfig, ContainerConfig, StorageConfig, LauncherConfig, LaunchConfig,
                 TrainingConfig, GenerateConfig, TrainConfig, SourceConfig, TokenizerConfig, PrepareConfig,

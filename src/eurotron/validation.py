@@ -100,9 +100,10 @@ def _check_model(cfg: TrainConfig, p: _Problems) -> None:
     if m.attention == "flex" and cfg.cluster.device == "cpu":
         p.add("model.attention", "flex", "needs a GPU (torch 2.13 has no FlexAttention backward on CPU); "
               "use model.attention=auto or sdpa with cluster.device=cpu (the dense reference path)")
-    if p.positive("model.sliding_window", m.sliding_window, allow_zero=True) and m.sliding_window >= cfg.data.seq_len > 0:
-        p.add("model.sliding_window", m.sliding_window,
-              f"must be below data.seq_len={cfg.data.seq_len} to have any effect; use 0 to turn it off")
+    # A window of data.seq_len or more is allowed: it changes nothing in training, but it is part of the
+    # model (an imported Mistral-7B-v0.1 keeps its 4096 at any seq_len) and is exported to config.json.
+    p.positive("model.sliding_window", m.sliding_window, allow_zero=True)
+    _check_hf_metadata(m.hf, p)
     sizes_ok = all(
         [
             p.positive("model.vocab_size", m.vocab_size),
@@ -141,6 +142,39 @@ def _check_model(cfg: TrainConfig, p: _Problems) -> None:
             p.add("model.rope_scaling.high_freq_factor", rs.high_freq_factor,
                   f"must exceed model.rope_scaling.low_freq_factor={rs.low_freq_factor}")
         p.positive("model.rope_scaling.original_max_position_embeddings", rs.original_max_position_embeddings)
+
+
+def _check_hf_metadata(hf: Any, p: _Problems) -> None:
+    """model.hf (written by eurotron-convert from-hf; a user may edit it)."""
+    from .convert.hf_metadata import metadata_problems
+
+    p.lines.extend(metadata_problems(hf))
+
+
+def _check_hf_export(cfg: TrainConfig, p: _Problems) -> None:
+    """checkpoint.export_hf_every: exports are made from checkpoints, of a model to-hf can express."""
+    from .convert.dtypes import DTYPES
+    from .convert.errors import ConvertError
+    from .convert.families import family_for_config
+
+    c = cfg.checkpoint
+    if c.export_hf_dtype is not None:
+        p.choice("checkpoint.export_hf_dtype", c.export_hf_dtype, DTYPES)
+    every = c.export_hf_every
+    if not p.positive("checkpoint.export_hf_every", every, allow_zero=True) or every == 0:
+        return
+    if c.every == 0:
+        p.add("checkpoint.export_hf_every", every, f"an export is made from a checkpoint and checkpoint.every=0 "
+              f"writes none: set checkpoint.every={every} (or a divisor of it), or checkpoint.export_hf_every=0")
+    elif every % c.every:
+        p.add("checkpoint.export_hf_every", every, f"must be a multiple of checkpoint.every={c.every} (an export is "
+              f"made from the checkpoint of its step): use {max(1, every // c.every) * c.every} or "
+              f"{(every // c.every + 1) * c.every}")
+    try:
+        family_for_config(cfg.model)
+    except ConvertError as err:
+        p.add("checkpoint.export_hf_every", every, f"this model cannot be exported to Hugging Face format ({err}); "
+              f"set checkpoint.export_hf_every=0")
 
 
 def _check_parallel(cfg: TrainConfig, p: _Problems) -> None:
@@ -309,6 +343,7 @@ def _check_run(cfg: TrainConfig, p: _Problems) -> None:
     p.positive("checkpoint.every", cfg.checkpoint.every, allow_zero=True)
     p.positive("checkpoint.keep_last", cfg.checkpoint.keep_last)
     p.choice("checkpoint.resume", cfg.checkpoint.resume, RESUME_MODES)
+    _check_hf_export(cfg, p)
     p.positive("eval.every", cfg.eval.every, allow_zero=True)
     p.positive("eval.batches", cfg.eval.batches)
     p.positive("logging.log_every", cfg.logging.log_every)

@@ -1,6 +1,6 @@
 """eurotron-convert: eurotron checkpoints to and from Hugging Face format.
 
-  eurotron-convert to-hf runs/demo runs/demo/hf                     # bf16 safetensors, 5GB shards
+  eurotron-convert to-hf runs/demo runs/demo/hf                     # bf16 (or the imported model's dtype), 5GB shards
   eurotron-convert to-hf runs/x/checkpoints/step_00001000 out/ --dtype fp32 --max-shard-size 2GB
   eurotron-convert from-hf /models/Llama-3.1-8B ckpt/llama31_8b     # then: eurotron-train train.init_from=...
 """
@@ -25,7 +25,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     to_hf = sub.add_parser("to-hf", help="checkpoint (any parallel layout) -> Hugging Face directory")
     to_hf.add_argument("checkpoint", type=Path, help="run dir, its checkpoints/ dir, or one step_* dir")
     to_hf.add_argument("out_dir", type=Path, help="output directory (created; must be new or empty)")
-    to_hf.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="weights dtype (default: bf16)")
+    to_hf.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
+                       help="weights dtype (default: the dtype of the Hugging Face model it was imported from, "
+                            "else bf16); a value beyond fp16's range is an error, not inf")
     to_hf.add_argument("--max-shard-size", default="5GB", help="largest safetensors file, e.g. 5GB, 500MB (default: 5GB)")
 
     from_hf = sub.add_parser("from-hf", help="Hugging Face Llama/Mistral/Apertus -> checkpoint for train.init_from")
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace):
                                max_shard_size=parse_size(args.max_shard_size), overwrite=args.overwrite,
                                progress=progress)
         _warn(result.warnings)
-        print(f"wrote {result.out_dir}: {result.family}, {result.num_params:,} parameters, {args.dtype}, "
+        print(f"wrote {result.out_dir}: {result.family}, {result.num_params:,} parameters, {result.dtype}, "
               f"{result.shards} shard(s), {result.total_bytes / 1e9:.2f} GB", flush=True)
         return result
     from ..convert.from_hf import convert_from_hf

@@ -77,7 +77,7 @@ class _RowBlockPlanner(DefaultLoadPlanner):
 class DCPTensorReader:
     """The tensors under ``prefix`` (``model.`` for eurotron's model state) of one DCP directory."""
 
-    def __init__(self, path: Path | str, prefix: str = MODEL_PREFIX) -> None:
+    def __init__(self, path: Path | str, prefix: str = MODEL_PREFIX, verify: bool = True) -> None:
         self.path = Path(path)
         self.prefix = prefix
         if not (self.path / METADATA_FILE).is_file():
@@ -88,7 +88,7 @@ class DCPTensorReader:
             )
         # A checkpoint around this directory with a manifest is verified first: a corrupt shard would
         # otherwise convert silently into garbage weights (DCP has no checksums of its own).
-        if (self.path.parent / MANIFEST).is_file() or (self.path.parent / "trainer.json").is_file():
+        if verify and ((self.path.parent / MANIFEST).is_file() or (self.path.parent / "trainer.json").is_file()):
             # One process reads everything here, so it verifies everything (no collective).
             verify_checkpoint(self.path.parent, collective=False)  # no manifest (older eurotron): warned once
         self._reader = _CachedMetadataReader(self.path)

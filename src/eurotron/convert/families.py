@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..config import ModelConfig, RopeScalingConfig
 from ..model.activations import XIELU
 from .errors import ConvertError
+from .hf_metadata import TOKEN_KEYS, metadata_from_hf, special_token_ids
 
 Shape = Tuple[int, ...]
 
@@ -82,7 +83,7 @@ FAMILIES: Dict[str, Family] = {
         "llama", "LlamaForCausalLM", "llama", "silu", "swiglu", False, _LLAMA_LAYER,
         extra_config={"mlp_bias": False, "pretraining_tp": 1},
     ),
-    # sliding_window: written from model.sliding_window (None when 0); see hf_config.
+    # sliding_window: written from model.sliding_window (None when 0); see hf_config_dict.
     "mistral": Family(
         "mistral", "MistralForCausalLM", "mistral", "silu", "swiglu", False, _LLAMA_LAYER,
         extra_config={"sliding_window": None},
@@ -203,15 +204,14 @@ def _rope_dicts(cfg: ModelConfig) -> Tuple[Optional[Dict[str, Any]], Dict[str, A
     return scaling, {**scaling, "rope_theta": cfg.rope_theta}
 
 
-def hf_config_dict(cfg: ModelConfig, dtype_name: str, special_ids: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
-    """``config.json`` for transformers' class of this family (readable by transformers 4.45+ and 5)."""
-    family = family_for_config(cfg)
-    ids = special_ids or {}
-    rope_scaling, rope_parameters = _rope_dicts(cfg)
+def hf_config_dict(cfg: ModelConfig, dtype_name: str, token_ids: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """``config.json`` for transformers' class of this family (readable by transformers 4.45+ and 5).
 
-    def token(key: str) -> Optional[int]:
-        value = ids.get(key)
-        return int(value) if value is not None and value >= 0 else None
+    ``token_ids``: the three special ids as ``hf_metadata.special_token_ids`` resolves them (default:
+    ``model.hf``'s alone)."""
+    family = family_for_config(cfg)
+    ids = token_ids if token_ids is not None else special_token_ids(cfg.hf, None)[0]
+    rope_scaling, rope_parameters = _rope_dicts(cfg)
 
     config: Dict[str, Any] = {
         "architectures": [family.architecture],
@@ -234,9 +234,7 @@ def hf_config_dict(cfg: ModelConfig, dtype_name: str, special_ids: Optional[Dict
         "attention_dropout": 0.0,
         "initializer_range": cfg.init_std,
         "use_cache": True,
-        "bos_token_id": token("bos_id"),
-        "eos_token_id": token("eos_id"),
-        "pad_token_id": token("pad_id"),
+        **{key: ids.get(key) for key in TOKEN_KEYS},
         "torch_dtype": dtype_name,
         "dtype": dtype_name,
     }
@@ -278,6 +276,17 @@ def _rope_from_hf(hf: Dict[str, Any], family: Family) -> Tuple[float, RopeScalin
         raise ConvertError(f"llama3 RoPE scaling without {err.args[0]} in config.json: {params}") from None
 
 
+def _sliding_window_from_hf(hf: Dict[str, Any], family: Family) -> int:
+    """Mistral's ``sliding_window`` (null: full attention) as ``model.sliding_window`` (0: off). Kept as
+    published even when it is not below max_position_embeddings, so it is written back unchanged."""
+    value = hf.get("sliding_window")
+    if value is None or family.name != "mistral":
+        return 0  # Llama and Apertus configs have no window (transformers ignores the key there)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConvertError(f"config.json: sliding_window={value!r} must be a positive integer or null")
+    return value
+
+
 def model_config_from_hf(hf: Dict[str, Any], name: str) -> Tuple[ModelConfig, Family, List[str]]:
     """eurotron's ModelConfig for an HF ``config.json`` (plus the family and any warnings).
 
@@ -292,13 +301,8 @@ def model_config_from_hf(hf: Dict[str, Any], name: str) -> Tuple[ModelConfig, Fa
     for key in ("attention_bias", "mlp_bias"):
         if hf.get(key):
             raise ConvertError(f"{key}=true is not supported: eurotron's linear layers have no bias")
-    sliding = hf.get("sliding_window")
     max_pos = int(hf.get("max_position_embeddings", 2048))
-    if family.name == "mistral" and sliding is not None and int(sliding) < max_pos:
-        warnings.append(
-            f"sliding_window={sliding} is not modelled (eurotron attends to the full causal context): "
-            f"outputs are identical up to {sliding} tokens and differ beyond"
-        )
+    sliding = _sliding_window_from_hf(hf, family)
     heads = int(hf["num_attention_heads"])
     theta, scaling = _rope_from_hf(hf, family)
     try:
@@ -320,6 +324,8 @@ def model_config_from_hf(hf: Dict[str, Any], name: str) -> Tuple[ModelConfig, Fa
             max_seq_len=max_pos,
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
             init_std=float(hf.get("initializer_range", 0.02)),
+            sliding_window=sliding,
+            hf=metadata_from_hf(hf, None, None, "config.json"),
         )
     except KeyError as err:
         raise ConvertError(f"config.json has no {err.args[0]!r}, which {family.architecture} needs") from None

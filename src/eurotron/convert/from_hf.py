@@ -4,7 +4,8 @@ Output (``CKPT_DIR``), laid out like one step directory of a run so every eurotr
 
     model_optim/                  DCP, model tensors only (fp32, the trainer's master weights)
     trainer.json                  step 0, tokens seen 0, where it came from
-    config.yaml                   a run config whose ``model`` section matches the weights
+    config.yaml                   a run config whose ``model`` section matches the weights; its
+                                  ``model.hf`` holds the source's special ids, dtype and generation config
     configs/model/<name>.yaml     the same model config as a Hydra option (see ``usage``)
     tokenizer/                    the model's tokenizer files (+ eurotron_tokenizer.json)
 
@@ -29,8 +30,10 @@ from ..config import DataConfig, ModelConfig, TrainConfig
 from ..train.checkpoint import CONFIG_FILE, SHARDS_DIR, TOKENIZER_DIR, TRAINER_FILE
 from ..train.checkpoint_integrity import write_manifest
 from .dcp_writer import write_model_checkpoint
+from .dtypes import hf_dtype_name
 from .errors import ConvertError
 from .families import IGNORED_HF_SUFFIXES, Family, TensorSpec, hf_constants, model_config_from_hf, tensor_specs
+from .hf_metadata import metadata_from_hf
 from .hf_reader import HFCheckpoint, resolve_hf_dir
 from .output import progress_bar, staged_output_dir
 from .to_hf import EUROTRON_TOKENIZER_META
@@ -88,6 +91,12 @@ def check_hf_tensors(src: HFCheckpoint, specs: List[TensorSpec], cfg: ModelConfi
         raise ConvertError(f"{src.dir} does not match its config.json ({family.architecture}):\n  {shown}")
 
 
+def _weight_dtype(src: HFCheckpoint, specs: List[TensorSpec]) -> Optional[str]:
+    """The dtype all the source's weights are stored in (None when they differ: config.json's is used)."""
+    codes = {src.dtype_code(s.hf) for s in specs if not s.tied}
+    return hf_dtype_name(codes.pop()) if len(codes) == 1 else None
+
+
 def _copy_tokenizer(src: HFCheckpoint, out: Path) -> List[str]:
     files = src.tokenizer_files()
     if not files:
@@ -134,6 +143,9 @@ def convert_from_hf(
     model_cfg, family, warnings = model_config_from_hf(src.config, model_name)
     specs = tensor_specs(model_cfg)
     check_hf_tensors(src, specs, model_cfg, family)
+    # Special ids, dtype and generation defaults travel in model.hf to every later to-hf (hf_metadata.py).
+    model_cfg.hf = metadata_from_hf(src.config, src.generation_config, _weight_dtype(src, specs),
+                                    str(src.dir / "config.json"))
 
     shapes: Dict[str, Tuple[Tuple[int, ...], torch.dtype]] = {s.ours: (tuple(s.shape), torch.float32) for s in specs}
     hf_names = {s.ours: s.hf for s in specs}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -14,6 +14,7 @@ from .safetensors_writer import INDEX_FILE
 
 SINGLE_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
 # Files of the tokenizer that travel with a model (whichever of them exist).
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -39,7 +40,7 @@ def resolve_hf_dir(source: str | Path) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(text, allow_patterns=[CONFIG_FILE, "generation_config.json", "*.safetensors",
+        return Path(snapshot_download(text, allow_patterns=[CONFIG_FILE, GENERATION_CONFIG_FILE, "*.safetensors",
                                                             INDEX_FILE, *TOKENIZER_FILES]))
     except Exception as err:  # offline, gated, misspelt: all end the same way for the user
         raise ConvertError(
@@ -47,6 +48,16 @@ def resolve_hf_dir(source: str | Path) -> Path:
             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); download it first "
             f"(huggingface-cli download {source} --local-dir DIR) and pass DIR"
         ) from None
+
+
+def _read_json(path: Path) -> Dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConvertError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise ConvertError(f"{path} holds a JSON {type(value).__name__}, not an object")
+    return value
 
 
 class HFCheckpoint:
@@ -59,10 +70,10 @@ class HFCheckpoint:
         config_path = self.dir / CONFIG_FILE
         if not config_path.is_file():
             raise ConvertError(f"{self.dir} has no {CONFIG_FILE}: not a Hugging Face model directory")
-        try:
-            self.config: Dict[str, Any] = json.loads(config_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConvertError(f"{config_path} is not valid JSON: {err}") from None
+        self.config: Dict[str, Any] = _read_json(config_path)
+        generation = self.dir / GENERATION_CONFIG_FILE
+        # Sampling defaults and stop ids, carried over verbatim (hf_metadata.py); None when absent.
+        self.generation_config: Optional[Dict[str, Any]] = _read_json(generation) if generation.is_file() else None
         self._safe_open = safe_open
         self._handles: Dict[str, Any] = {}
         self.weight_map = self._weight_map()
@@ -105,6 +116,10 @@ class HFCheckpoint:
 
     def shape(self, name: str) -> tuple:
         return tuple(self._handle(self.weight_map[name]).get_slice(name).get_shape())
+
+    def dtype_code(self, name: str) -> str:
+        """The safetensors dtype code of a tensor (``BF16``, ``F16``, ``F32`` ...), from the header only."""
+        return str(self._handle(self.weight_map[name]).get_slice(name).get_dtype())
 
     def read(self, name: str) -> torch.Tensor:
         handle = self._handle(self.weight_map[name])

@@ -1,7 +1,7 @@
 """eurotron DCP checkpoint (any parallel layout) -> Hugging Face directory, one tensor at a time.
 
 Output: ``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json``, ``config.json``,
-``generation_config.json``, the tokenizer files (``tokenizer.json``, ``tokenizer_config.json``,
+``generation_config.json`` (special ids, dtype and generation defaults: hf_metadata.py, dtypes.py), the tokenizer files (``tokenizer.json``, ``tokenizer_config.json``,
 ``special_tokens_map.json`` and the SentencePiece ``tokenizer.model`` when there is one) and a model card
 ``README.md``. Every tensor of the checkpoint is checked against the shapes the model config implies
 before anything is written; a tensor the mapping does not know is an error, never silently dropped.
@@ -22,18 +22,18 @@ from ..config import ModelConfig, load_config_file
 from ..train.checkpoint import CONFIG_FILE, SHARDS_DIR, TOKENIZER_DIR, TRAINER_FILE, resolve_checkpoint
 from ..paths import ensure_writable_dir
 from .dcp_reader import DCPTensorReader
+from .dtypes import HF_NAMES, check_finite, export_dtype
 from .errors import ConvertError
 from .families import Family, TensorSpec, family_for_config, hf_config_dict, hf_constants, tensor_specs
+from .hf_metadata import check_metadata, generation_config, special_token_ids
 from .model_card import find_data_info, render_model_card
 from .output import progress_bar, staged_output_dir
 from .safetensors_writer import PlannedTensor, write_sharded
 from .tied import check_tied_embeddings
 
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 # Tensors larger than this (in the output dtype) are read and written in blocks of rows, so peak memory
 # is one stored chunk plus one block (see DCPTensorReader.read_blocks).
 BLOCK_BYTES = 512 * 2**20
-DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float32: "float32"}
 EUROTRON_TOKENIZER_META = "eurotron_tokenizer.json"
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 
@@ -42,6 +42,7 @@ _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 class ToHFResult:
     out_dir: Path
     family: str
+    dtype: str  # bf16 | fp16 | fp32
     num_tensors: int
     num_params: int
     total_bytes: int
@@ -108,16 +109,6 @@ def copy_tokenizer(tokenizer_dir: Path, out_dir: Path) -> List[str]:
     return copied
 
 
-def _generation_config(special_ids: Optional[Dict[str, int]]) -> Dict[str, Any]:
-    ids = special_ids or {}
-    config: Dict[str, Any] = {}
-    for key in ("bos", "eos", "pad"):
-        value = ids.get(f"{key}_id")
-        if value is not None and value >= 0:
-            config[f"{key}_token_id"] = int(value)
-    return config
-
-
 def _data_path(run_config: Optional[DictConfig]) -> Optional[str]:
     try:
         value = OmegaConf.select(run_config, "data.path") if run_config is not None else None
@@ -129,22 +120,26 @@ def _data_path(run_config: Optional[DictConfig]) -> Optional[str]:
 def convert_to_hf(
     checkpoint: Path | str,
     out_dir: Path | str,
-    dtype: str = "bf16",
+    dtype: Optional[str] = None,
     max_shard_size: int = 5 * 10**9,
     overwrite: bool = False,
     progress: Optional[bool] = True,
     block_bytes: int = BLOCK_BYTES,
+    verify: bool = True,
 ) -> ToHFResult:
-    """Convert the checkpoint at ``checkpoint`` (run dir, checkpoints/ or step dir) into ``out_dir``."""
-    if dtype not in DTYPES:
-        raise ConvertError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
-    out_dtype = DTYPES[dtype]
+    """Convert the checkpoint at ``checkpoint`` (run dir, checkpoints/ or step dir) into ``out_dir``.
+
+    ``dtype``: bf16 | fp16 | fp32; None: the dtype the model was imported in (``model.hf.dtype``), else
+    bf16 (dtypes.py). ``verify=False`` skips the checksums (the trainer exports a checkpoint it has just
+    written and hashed)."""
     ensure_writable_dir(Path(out_dir).parent, "output directory", out_dir)  # before minutes of reading
     ckpt = resolve_checkpoint(Path(checkpoint))
     model_cfg, run_config = load_run_config(ckpt)
+    check_metadata(model_cfg.hf, str(ckpt / CONFIG_FILE))
+    dtype, out_dtype = export_dtype(dtype, model_cfg)
     family: Family = family_for_config(model_cfg)
     specs = tensor_specs(model_cfg)
-    reader = DCPTensorReader(ckpt / SHARDS_DIR)
+    reader = DCPTensorReader(ckpt / SHARDS_DIR, verify=verify)
     check_tied_embeddings(reader, model_cfg, ckpt / CONFIG_FILE)
     check_tensors(reader, specs, model_cfg)
 
@@ -157,10 +152,17 @@ def convert_to_hf(
     def produce(planned: PlannedTensor):  # noqa: ANN202 - a tensor or its row blocks
         if planned.name in constants:
             return torch.tensor(constants[planned.name], dtype=out_dtype)
-        return reader.read_blocks(by_hf[planned.name].ours, dtype=out_dtype, max_block_bytes=block_bytes)
+        ours = by_hf[planned.name].ours
+
+        def source_max() -> float:  # only when a value overflowed: the largest magnitude as stored
+            return max(float(b.abs().max()) for b in reader.read_blocks(ours, torch.float32, block_bytes))
+
+        blocks = reader.read_blocks(ours, dtype=out_dtype, max_block_bytes=block_bytes)
+        return check_finite(f"{planned.name} ({ours})", blocks, out_dtype, source_max)
 
     tokenizer_dir = ckpt / TOKENIZER_DIR
-    special_ids = _special_ids(tokenizer_dir)
+    tokenizer_ids = _special_ids(tokenizer_dir)
+    token_ids, warnings = special_token_ids(model_cfg.hf, tokenizer_ids)
     trainer_file = ckpt / TRAINER_FILE
     trainer_state = json.loads(trainer_file.read_text()) if trainer_file.is_file() else None
     data = find_data_info(_data_path(run_config))
@@ -170,19 +172,21 @@ def convert_to_hf(
         with progress_bar(total, f"to-hf {ckpt.name}", progress) as bar:
             index = write_sharded(staging, plan, produce, max_shard_size,
                                   on_tensor=lambda t: bar.update(t.nbytes))
-        config = hf_config_dict(model_cfg, DTYPE_NAMES[out_dtype], special_ids)
+        config = hf_config_dict(model_cfg, HF_NAMES[out_dtype], token_ids)
         (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (staging / "generation_config.json").write_text(json.dumps(_generation_config(special_ids), indent=2) + "\n")
+        generation = generation_config(model_cfg.hf, token_ids)
+        (staging / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
         copy_tokenizer(tokenizer_dir, staging)
         for report_file in data.report_files:
             shutil.copy2(report_file, staging / f"data_{report_file.name}")
-        card = render_model_card(model_cfg, family, num_params, DTYPE_NAMES[out_dtype], str(ckpt),
+        card = render_model_card(model_cfg, family, num_params, HF_NAMES[out_dtype], str(ckpt),
                                  run_config, trainer_state, data)
         (staging / "README.md").write_text(card)
-    warnings: List[str] = []
     if not tokenizer_dir.is_dir():
         warnings.append(f"{ckpt} has no {TOKENIZER_DIR}/: no tokenizer files written; copy them into {out_dir}")
-    elif special_ids is None:
-        warnings.append(f"{tokenizer_dir} has no {EUROTRON_TOKENIZER_META}: config.json names no special token ids")
-    return ToHFResult(Path(out_dir), family.name, len(plan), num_params, total,
+    unknown = [key for key, value in token_ids.items() if value is None and key != "pad_token_id"]
+    if unknown:
+        warnings.append(f"config.json names no {' and no '.join(unknown)}: neither model.hf in {ckpt / CONFIG_FILE} "
+                        f"nor {tokenizer_dir / EUROTRON_TOKENIZER_META} gives it")
+    return ToHFResult(Path(out_dir), family.name, dtype, len(plan), num_params, total,
                       len(set(index["weight_map"].values())), warnings)

@@ -120,6 +120,8 @@ def build_attention_mask(
     docs = None
     if document_masking and position_ids is not None and may_have_boundaries(position_ids):
         docs = document_ids(position_ids.to(device, non_blocking=True))
+    if sliding_window >= length:
+        sliding_window = 0  # a window as long as the sequence masks nothing: keep the causal fast path
     if docs is None and sliding_window <= 0:
         return None
     if backend == "flex":

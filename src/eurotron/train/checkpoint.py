@@ -8,6 +8,8 @@ Layout of one checkpoint, `<run_dir>/checkpoints/step_<N>/`:
   config.yaml    the resolved run config
   tokenizer/     the tokenizer the data was prepared with
   checksums.json size and sha256 of every file above (checkpoint_integrity.py), verified on load
+  hf/            with checkpoint.export_hf_every: the same weights in Hugging Face format, written
+                 after the commit by rank 0 (hf_export.py; not in checksums.json)
 Everything is written into `.tmp_step_<N>` and renamed into place; `latest` is updated last, so a
 crash mid-save never leaves a checkpoint that looks complete. With ``async_save`` the shards are
 written by DCP in a background thread from a copy in host memory; the checksums, the rename and
@@ -30,7 +32,7 @@ import random
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -154,13 +156,14 @@ def optimizer_state(part: torch.nn.Module, optimizer: torch.optim.Optimizer) -> 
 
 class CheckpointManager:
     def __init__(self, checkpoint_root: Path, keep_last: int, tokenizer_dir: Optional[Path] = None,
-                 async_save: bool = False) -> None:
-        """Collective when ``async_save`` under a process group (it creates the writer's gloo group)."""
+                 async_save: bool = False, on_commit: Optional[Callable[[int, Path], None]] = None) -> None:
+        """Collective when ``async_save`` under a process group (it creates the writer's gloo group).
+        ``on_commit(step, step_dir)``: called on rank 0 once a checkpoint is complete, before pruning."""
         self.root = Path(checkpoint_root)
         self.keep_last = keep_last
         # Copied into every checkpoint so one step directory is enough to generate or convert.
         self.tokenizer_dir = tokenizer_dir
-        self.writer = SaveWriter(self.root, keep_last, async_save)
+        self.writer = SaveWriter(self.root, keep_last, async_save, on_commit)
 
     def save(self, step: int, model: Parts, optimizer: Optimizers,
              trainer_state: Dict[str, Any], config_yaml: str) -> Path:

@@ -23,7 +23,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -55,8 +55,11 @@ def _rank_world() -> tuple:
 
 
 class SaveWriter:
-    def __init__(self, root: Path, keep_last: int, async_save: bool) -> None:
+    def __init__(self, root: Path, keep_last: int, async_save: bool,
+                 on_commit: Optional[Callable[[int, Path], None]] = None) -> None:
         self.root, self.keep_last, self.async_save = Path(root), keep_last, async_save
+        # Rank 0, after `latest` names a new checkpoint and before pruning (hf_export.HFExporter.committed).
+        self.on_commit = on_commit
         self._pending: Optional[PendingSave] = None
         self._executor: Optional[ThreadPoolExecutor] = None
         # A gloo group of its own for DCP's background collectives (created collectively, once).
@@ -122,6 +125,8 @@ class SaveWriter:
             shutil.rmtree(pending.final)
         os.replace(pending.tmp, pending.final)
         write_text_atomic(self.root / LATEST, pending.final.name + "\n")
+        if self.on_commit is not None:
+            self.on_commit(pending.step, pending.final)
         prune(self.root, self.keep_last)
 
     def wait(self) -> Optional[Path]:

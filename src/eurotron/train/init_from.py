@@ -25,7 +25,7 @@ SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_
                 "qk_norm", "tie_embeddings")
 # Fields that change what the weights compute but not their shapes: a difference is allowed (e.g. a longer
 # context with another RoPE theta) and reported.
-BEHAVIOUR_FIELDS = ("family", "norm_eps", "rope_theta", "rope_scaling")
+BEHAVIOUR_FIELDS = ("family", "norm_eps", "rope_theta", "rope_scaling", "sliding_window")
 
 
 def _source_model_config(ckpt: Path) -> ModelConfig | None:
@@ -50,8 +50,12 @@ def compare_model_configs(ours: ModelConfig, theirs: ModelConfig, init_from: str
             f"train.init_from={init_from}: the model does not match the checkpoint's ({detail}); use the model "
             f"config saved with it (for an imported model: its configs/model/*.yaml via hydra.searchpath)"
         )
-    return [f"model.{f}={getattr(ours, f)!r} differs from the checkpoint's {getattr(theirs, f)!r}"
-            for f in BEHAVIOUR_FIELDS if getattr(ours, f) != getattr(theirs, f)]
+    notes = [f"model.{f}={getattr(ours, f)!r} differs from the checkpoint's {getattr(theirs, f)!r}"
+             for f in BEHAVIOUR_FIELDS if getattr(ours, f) != getattr(theirs, f)]
+    if ours.hf != theirs.hf:  # what to-hf writes besides the weights: ids, dtype, generation defaults
+        notes.append(f"model.hf differs from the checkpoint's ({theirs.hf}); eurotron-convert to-hf will write "
+                     f"this run's ({ours.hf}); use the model config saved with the checkpoint to keep its values")
+    return notes
 
 
 def load_initial_weights(

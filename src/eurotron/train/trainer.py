@@ -37,6 +37,7 @@ from .checkpoint import CheckpointManager, load_checkpoint
 from . import checkpoint_run_dir, preemption, resume_config
 from .loss import summed_cross_entropy
 from .goodput import Goodput
+from .hf_export import HFExporter
 from .metrics import MetricsLogger
 from .mfu import mfu  # peak FLOP/s: cluster.peak_flops, else detected (issue 13)
 from .nonfinite import (NonFiniteGuard, check_state_before_save, halt_if_asked, nonfinite_flag, skips_on_device,
@@ -95,9 +96,13 @@ class Trainer:
             batch_transform=build_batch_transform(cfg.loss),  # Goldfish: narrows loss_mask
         ), self.device)
         self.eval_dataset = self._open_eval_split()
+        # checkpoint.export_hf_every: rank 0 converts due checkpoints to HF format once committed (hf_export.py).
+        self.hf_exporter = (HFExporter(cfg.checkpoint.export_hf_every, cfg.checkpoint.export_hf_dtype)
+                            if cfg.checkpoint.export_hf_every and is_main_process() else None)
         self.checkpoints = CheckpointManager(
             self.run_dir / "checkpoints", cfg.checkpoint.keep_last, tokenizer_dir=self.dataset.tokenizer_dir,
             async_save=cfg.checkpoint.async_save,
+            on_commit=self.hf_exporter.committed if self.hf_exporter is not None else None,
         )
         self.step = 0
         self.tokens_seen = 0
@@ -162,6 +167,8 @@ class Trainer:
         self.loader.load_state_dict(state["data"])
         self.step = state["step"]
         self.tokens_seen = state["tokens_seen"]
+        if self.hf_exporter is not None:
+            self.hf_exporter.catch_up(self.step, found)  # the previous job may have ended during its export
         self.resume_changes = resume_config.setting_changes(self.cfg, saved_cfg)
         if self.resume_changes:
             resume_config.apply_settings(self.optimizers, self.schedulers, built_groups, self.cfg, self.step)
@@ -360,6 +367,9 @@ class Trainer:
                 self.checkpoint_now()
             with watchdog.save(self.step), goodput.phase("checkpoint_s"):
                 self.checkpoints.wait()  # an asynchronous save still in flight is committed before exiting
+            if self.hf_exporter is not None:  # rank 0 only; not watched: its length is the model's, not a hang
+                with goodput.phase("checkpoint_s"):
+                    self.hf_exporter.close()  # the last Hugging Face export is complete before exiting
             ended = "finished" if self.step >= cfg.train.steps else "stopped"
         finally:
             watchdog.close()
