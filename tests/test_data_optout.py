@@ -236,6 +236,8 @@ def test_urls():
     assert parse_url("HTTPS://Www.Example.EU:443/a?b=1#frag").origin == "https://www.example.eu"
     assert parse_url("http://münchen.de/x").host == "xn--mnchen-3ya.de"
     assert parse_url("https://a.eu").path == "/"
+    # A bare "?" stays (RFC 9309 rules match it), on the slow path (non-ASCII host) as on the fast one.
+    assert parse_url("https://a.eu/x?#f").path == parse_url("https://münchen.de/x?").path == "/x?"
     for value, kind in ((None, "no_url"), ("", "no_url"), ("ftp://a.eu/x", "non_http_url"),
                         ("mailto:a@b.eu", "non_http_url"), ("https://", "bad_url"), ("http://a.eu:99999/", "bad_url"),
                         (42, "bad_url"), ("www.a.eu/page", "non_http_url")):
