@@ -339,3 +339,15 @@ def test_stage_counts_the_documents_the_semantics_split(tmp_path):
     assert got["apertus"][0] == ["robots"] * 5 and got["apertus"][1][0] == ["Applebot-Extended"]
     for semantics, (_, _, signals) in got.items():
         assert signals == {"robots:ok": 5, "robots_semantics:removed_only_by_apertus": 3}, semantics
+
+
+def test_cli_check_names_the_semantics(tmp_path, capsys):
+    from eurotron.cli.optout import main
+
+    snapshot_filter(tmp_path, "User-agent: Applebot\nDisallow: /\n\nUser-agent: *\nAllow: /\n")
+    args = ["check", "--snapshot", str(tmp_path / "snap"), "--agent", "Applebot-Extended", "https://a.eu/page"]
+    main(args)
+    assert "keep: no opt-out (robots.txt disallows it only under apertus)" in capsys.readouterr().out
+    main(args + ["--semantics", "apertus"])
+    assert "REMOVE: disallowed for Applebot-Extended (robots.txt disallows it only under apertus)" \
+        in capsys.readouterr().out
