@@ -351,3 +351,16 @@ def test_cli_check_names_the_semantics(tmp_path, capsys):
     main(args + ["--semantics", "apertus"])
     assert "REMOVE: disallowed for Applebot-Extended (robots.txt disallows it only under apertus)" \
         in capsys.readouterr().out
+
+
+def test_prepare_cli_mentions_documents_decided_differently(tmp_path):
+    from eurotron.cli.prepare import _removals
+
+    header = {"filters": {"enabled": True, "optout": {"robots": True, "robots_semantics": "apertus"}}}
+    builder = ReportBuilder(header)
+    builder.signal_counts({"robots_semantics:removed_only_by_rfc9309": 2})
+    report = {**builder.to_json(), "policy": {"missing": "keep"}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    lines = _removals(str(tmp_path), {"report": {"json": "report.json", "markdown": "report.md"}})
+    assert "  robots.txt: 2 documents would be decided differently under robots_semantics=rfc9309 " \
+           "(report.json robots_semantics)" in lines
