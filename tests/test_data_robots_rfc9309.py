@@ -364,3 +364,31 @@ def test_prepare_cli_mentions_documents_decided_differently(tmp_path):
     lines = _removals(str(tmp_path), {"report": {"json": "report.json", "markdown": "report.md"}})
     assert "  robots.txt: 2 documents would be decided differently under robots_semantics=rfc9309 " \
            "(report.json robots_semantics)" in lines
+
+
+def test_rfc9309_agrees_with_protego_where_neither_departs():
+    """Random groups, rules and paths without the points where the two differ ($, "=", other records
+    between user-agent lines, prefix tokens): the decisions must be the same. Catches matcher bugs
+    (wildcards, longest match, ties, merging, escapes) against an independent implementation."""
+    import random
+
+    rng = random.Random(7)
+    pieces = ["a", "b", "/", "*", "?", "%61", "%2F", "%3f", ".", "é", "%C3%A9"]
+    agents = ["GPTBot", "CCBot", "Bytespider", "*"]
+    checked = 0
+    for _ in range(1500):
+        lines = []
+        for _ in range(rng.randint(1, 7)):
+            if rng.random() < 0.3:
+                lines.append(f"User-agent: {rng.choice(['GPTBot', 'gptbot', '*', 'CCBot', 'Other'])}")
+            else:
+                value = "/" + "".join(rng.choice(pieces) for _ in range(rng.randint(0, 4)))
+                lines.append(f"{rng.choice(['Allow', 'Disallow'])}: {value if rng.random() < 0.9 else ''}")
+        body = "\n".join(lines) + "\n"
+        ours, parser = Rfc9309Rules(body.encode(), agents, True), Protego.parse(body)
+        for _ in range(6):
+            path = "/" + "".join(rng.choice(pieces) for _ in range(rng.randint(0, 6)))
+            protego = [a for a in agents if not parser.can_fetch("https://a.eu" + path, a)]
+            assert ours.blocks("", path) is bool(protego), (body, path)
+            checked += 1
+    assert checked == 9000

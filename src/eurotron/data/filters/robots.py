@@ -146,7 +146,8 @@ class ProtegoRules:
 
     Where Protego departs from RFC 9309 (README, "robots.txt semantics"): product tokens matched as
     prefixes (``Applebot-Extended`` obeys ``Applebot``), a final ``$`` also read as a literal,
-    absolute-URL rules, ``index.html``, non-UTF-8 escapes, ``*GPTBot*``."""
+    absolute-URL rules, ``index.html``, non-UTF-8 escapes, ``*GPTBot*``, a Crawl-delay line splitting
+    user-agent lines, ``=`` one octet long."""
 
     def __init__(self, text: str, agents: Sequence[str], wildcard_group: bool) -> None:
         from protego import Protego
