@@ -247,6 +247,12 @@ def test_summary_draft_traces_every_figure(demo, tmp_path):
                     "### 3.1 Respect of reservation of rights"):
         assert heading in text, heading
     assert "Removed (robots.txt disallows an AI crawler): 31 documents" in text and "[R1 `removed.robots`]" in text
+    assert "robots.txt read as RFC 9309 specifies." in text
+    assert "robots.txt removals by the crawler whose group disallowed (`*`: the group for all crawlers): ClaudeBot 19" \
+        in text and "[R1 `removed.robots.by_agent`]" in text
+    legacy = json.loads(json.dumps(report))
+    del legacy["filters"]["optout"]["robots_semantics"]  # a report from before: Protego decided
+    assert "robots.txt read as Protego reads it" in render_summary(cfg, [("old.json", legacy)])
     assert "- www.biblioteche-aperte.it:" in text  # web source: top domains listed
     assert "Latest data (knowledge cut-off): 2025-06-07 [R1 `crawl_period.out.last`]" in text
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}

@@ -162,8 +162,9 @@ def _processing_section(reports: List[Tuple[str, Dict[str, Any]]]) -> List[str]:
                      f"({snap.get('origins', 0):,} origins) {_ref(i, 'snapshot')}")
         out.append(line + ".")
         if o["robots"]:
-            read = ("as Protego reads it (Apertus's filtering reproduced)" if o.get("robots_semantics") == "apertus"
-                    else "as RFC 9309 specifies")
+            # Reports from before robots_semantics existed were decided by Protego.
+            read = ("as Protego reads it (Apertus's filtering reproduced)"
+                    if o.get("robots_semantics", "apertus") == "apertus" else "as RFC 9309 specifies")
             out.append(f"  - A document was removed when any of these crawlers may not fetch its URL: "
                        f"{', '.join(o['agents'])} {_ref(i, 'filters.optout.agents')}; "
                        f"`User-agent: *` groups {'count' if o['wildcard_group'] else 'do not count'}; "
