@@ -3,9 +3,10 @@
 The report holds the figures the EU training-content summary asks for (`eurotron-summary` turns
 reports into its draft): documents and tokens in and out, removals per reason with their top
 domains, removals per robots.txt agent, the opt-out protocols honoured with the snapshot's date and
-the policy, PII replaced, languages, crawl periods and the largest domains kept, and the documents whose robots.txt decision depends on the semantics (RFC 9309 or
-Protego's, `robots_semantics`). Every count is
-exact, except top-domain lists over more than `TOP_CAPACITY` distinct hosts (marked approximate).
+the policy, PII replaced, languages, crawl periods, the largest domains kept, and the documents
+whose robots.txt decision depends on the semantics (RFC 9309 or Protego's: `robots_semantics`).
+Every count is exact, except top-domain lists over more than `TOP_CAPACITY` distinct hosts (marked
+approximate).
 Tokens include the EOS that ends each document, as the shards hold them.
 """
 
@@ -274,7 +275,8 @@ class ReportBuilder:
         if not (filters.get("enabled") and optout.get("robots")):
             return {}
         only = {name: self.signals.get(f"{SEMANTICS_SIGNAL}:removed_only_by_{name}", 0) for name in SEMANTICS}
-        return {"used": optout.get("robots_semantics", SEMANTICS[0]), "documents_decided_differently": sum(only.values()),
+        return {"used": optout.get("robots_semantics", SEMANTICS[0]),
+                "documents_decided_differently": sum(only.values()),
                 **{f"removed_only_by_{name}": n for name, n in only.items()}}
 
 

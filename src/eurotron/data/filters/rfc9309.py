@@ -192,8 +192,8 @@ def agent_token(agent: str) -> str:
         return WILDCARD
     found = _AGENT.fullmatch(agent)
     if found is None:
-        raise DataError(f"filters.optout.agents: {agent!r} is no crawler product token (letters, digits, '_' and '-', "
-                        f"optionally /version, RFC 9309 §2.2.1), nor '*'")
+        raise DataError(f"filters.optout.agents: {agent!r} is no crawler product token (letters, digits, '_' "
+                        f"and '-', optionally /version, RFC 9309 §2.2.1), nor '*'")
     return found.group(1).lower()
 
 
