@@ -59,6 +59,9 @@ def test_demo_removals_are_exact(demo):
     assert report["optout_signals"] == {
         "robots": {"4xx": 10, "5xx": 5, "missing": 16, "ok": 169, "unparsable": 2},
         "tdmrep": {"absent": 166, "ok": 16, "unreadable": 20}}
+    # The demo's robots.txt files read the same under RFC 9309 and Protego.
+    assert report["robots_semantics"] == {"used": "rfc9309", "documents_decided_differently": 0,
+                                          "removed_only_by_rfc9309": 0, "removed_only_by_apertus": 0}
     assert report["pii"] == {"replaced": {"email": 11, "iban": 4, "ipv4": 6, "ipv6": 1, "phone": 7}, "documents": 8}
     assert report["documents"] == {"read": 202, "in": 202, "out": 160, "removed": 42, "skipped": {"empty": 0}}
     splits = manifest["splits"]
@@ -182,11 +185,13 @@ def test_config_problems_are_reported_before_work(tmp_path):
     cfg.filters.snapshot = None
     cfg.filters.optout.policy = "lenient"
     cfg.filters.pii.kinds = ["email", "ssn"]
+    cfg.filters.optout.robots_semantics = "google"
+    cfg.filters.optout.agents = ["GPTBot", "*GPTBot*"]
     with pytest.raises(DataError) as info:
         prepare(cfg, progress=False)
     message = str(info.value)
     for needle in ("num_workers=-1", "bad_records='ignore'", "filters.snapshot is not set", "policy='lenient'",
-                   "unknown ssn"):
+                   "unknown ssn", "robots_semantics='google'", "'*GPTBot*' is no crawler product token"):
         assert needle in message, needle
 
 
@@ -242,6 +247,12 @@ def test_summary_draft_traces_every_figure(demo, tmp_path):
                     "### 3.1 Respect of reservation of rights"):
         assert heading in text, heading
     assert "Removed (robots.txt disallows an AI crawler): 31 documents" in text and "[R1 `removed.robots`]" in text
+    assert "robots.txt read as RFC 9309 specifies." in text
+    assert "robots.txt removals by the crawler whose group disallowed (`*`: the group for all crawlers): ClaudeBot 19" \
+        in text and "[R1 `removed.robots.by_agent`]" in text
+    legacy = json.loads(json.dumps(report))
+    del legacy["filters"]["optout"]["robots_semantics"]  # a report from before: Protego decided
+    assert "robots.txt read as Protego reads it" in render_summary(cfg, [("old.json", legacy)])
     assert "- www.biblioteche-aperte.it:" in text  # web source: top domains listed
     assert "Latest data (knowledge cut-off): 2025-06-07 [R1 `crawl_period.out.last`]" in text
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}

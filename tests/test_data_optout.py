@@ -34,9 +34,10 @@ def robots(body, status=200):
     return {"status": status, "fetched": FETCHED, "body": body}
 
 
-def make_filter(tmp_path, origins, agents=("GPTBot",), wildcard_group=True, policy="apertus", **overrides):
+def make_filter(tmp_path, origins, agents=("GPTBot",), wildcard_group=True, policy="apertus", semantics="rfc9309",
+                **overrides):
     store = write_snapshot(tmp_path / "snap", origins)
-    return OptOutFilter(store, list(agents), wildcard_group, True, True, resolve_policy(policy, overrides))
+    return OptOutFilter(store, list(agents), wildcard_group, True, True, resolve_policy(policy, overrides), semantics)
 
 
 def verdict(flt, url, headers=None, html=None):
@@ -45,7 +46,12 @@ def verdict(flt, url, headers=None, html=None):
 
 
 # ------------------------------------------------------------------------------------- robots.txt
-def test_robots_longest_match_allow_tie_wildcards_and_end_anchor(tmp_path):
+# What both semantics agree on; where they differ: test_data_robots_rfc9309.py.
+SEMANTICS = pytest.mark.parametrize("semantics", ["rfc9309", "apertus"])
+
+
+@SEMANTICS
+def test_robots_longest_match_allow_tie_wildcards_and_end_anchor(tmp_path, semantics):
     body = "\n".join([
         "User-agent: GPTBot",
         "Disallow: /private/",
@@ -57,7 +63,7 @@ def test_robots_longest_match_allow_tie_wildcards_and_end_anchor(tmp_path):
         "Allow: /$",                    # the root page only
         "Disallow: /",
     ])
-    flt = make_filter(tmp_path, {"https://a.eu": {"robots": robots(body)}})
+    flt = make_filter(tmp_path, {"https://a.eu": {"robots": robots(body)}}, semantics=semantics)
     site = "https://a.eu"
     assert verdict(flt, f"{site}/private/x") == ("robots", ["GPTBot"])
     # /private/open/x: Allow /private/open/ (15) beats Disallow /private/ (9) and Disallow / (1).
@@ -66,18 +72,19 @@ def test_robots_longest_match_allow_tie_wildcards_and_end_anchor(tmp_path):
     assert verdict(flt, f"{site}/") == (None, None)
     assert verdict(flt, f"{site}/other")[0] == "robots"  # Disallow: / (Allow /$ does not match)
     flt2 = make_filter(tmp_path / "b", {"https://b.eu": {"robots": robots(
-        "User-agent: GPTBot\nDisallow: /*.pdf$\nDisallow: /shop/*/checkout\n")}})
+        "User-agent: GPTBot\nDisallow: /*.pdf$\nDisallow: /shop/*/checkout\n")}}, semantics=semantics)
     assert verdict(flt2, "https://b.eu/doc/report.pdf")[0] == "robots"
     assert verdict(flt2, "https://b.eu/doc/report.pdf?v=2")[0] is None  # $ anchors the end
     assert verdict(flt2, "https://b.eu/doc/report.pdf.html")[0] is None
     assert verdict(flt2, "https://b.eu/shop/cart-7/checkout/step")[0] == "robots"
     assert verdict(flt2, "https://b.eu/shop/checkout")[0] is None
-    # robots.txt itself may always be fetched (Protego's rule), though "Disallow: /" covers it.
+    # robots.txt itself may always be fetched (RFC 9309 §2.2.2), though "Disallow: /" covers it.
     assert verdict(flt, f"{site}/robots.txt") == (None, None)
     assert verdict(flt, f"{site}/robots.txt/x")[0] == "robots"
 
 
-def test_robots_agent_groups_case_and_product_tokens(tmp_path):
+@SEMANTICS
+def test_robots_agent_groups_case_and_product_tokens(tmp_path, semantics):
     body = "\n".join([
         "user-agent: gptbot",           # case-insensitive
         "Disallow: /a/",
@@ -90,22 +97,25 @@ def test_robots_agent_groups_case_and_product_tokens(tmp_path):
         "Disallow: /c/",
     ])
     agents = ["GPTBot", "CCBot/2.0", "ClaudeBot", "Bytespider", "*"]
-    flt = make_filter(tmp_path, {"https://a.eu": {"robots": robots(body)}}, agents=agents)
+    flt = make_filter(tmp_path, {"https://a.eu": {"robots": robots(body)}}, agents=agents, semantics=semantics)
     assert verdict(flt, "https://a.eu/a/1") == ("robots", ["GPTBot"])
     # "CCBot/2.0" matches the CCBot group by its product token; a specific group replaces `*`.
     assert verdict(flt, "https://a.eu/b/1") == ("robots", ["CCBot/2.0", "ClaudeBot"])
-    # /c/ is only in the `*` group: Bytespider (no group of its own) and "*" itself are disallowed.
-    assert verdict(flt, "https://a.eu/c/1") == ("robots", ["Bytespider", "*"])
+    # /c/ is only in the `*` group: Bytespider (no group of its own) and "*" itself are disallowed,
+    # and the removal is credited to the group that decided: `*`.
+    assert verdict(flt, "https://a.eu/c/1") == ("robots", ["*"])
     assert verdict(flt, "https://a.eu/d/1") == (None, None)
 
 
-def test_wildcard_group_is_a_choice(tmp_path):
+@SEMANTICS
+def test_wildcard_group_is_a_choice(tmp_path, semantics):
     body = "User-agent: *\nDisallow: /\n\nUser-agent: GPTBot\nDisallow: /only-gpt/\n"
     origins = {"https://a.eu": {"robots": robots(body)}}
-    apertus = make_filter(tmp_path / "1", origins, agents=AI_CRAWLER_AGENTS)
-    reason, agents = verdict(apertus, "https://a.eu/page")
-    assert reason == "robots" and "*" in agents and "CCBot" in agents and "GPTBot" not in agents
-    named_only = make_filter(tmp_path / "2", origins, agents=AI_CRAWLER_AGENTS, wildcard_group=False)
+    apertus = make_filter(tmp_path / "1", origins, agents=AI_CRAWLER_AGENTS, semantics=semantics)
+    assert verdict(apertus, "https://a.eu/page") == ("robots", ["*"])  # GPTBot's own group allows it
+    assert verdict(apertus, "https://a.eu/only-gpt/x") == ("robots", ["*", "GPTBot"])
+    named_only = make_filter(tmp_path / "2", origins, agents=AI_CRAWLER_AGENTS, wildcard_group=False,
+                             semantics=semantics)
     assert verdict(named_only, "https://a.eu/page") == (None, None)
     assert verdict(named_only, "https://a.eu/only-gpt/x") == ("robots", ["GPTBot"])
 
@@ -226,6 +236,8 @@ def test_urls():
     assert parse_url("HTTPS://Www.Example.EU:443/a?b=1#frag").origin == "https://www.example.eu"
     assert parse_url("http://münchen.de/x").host == "xn--mnchen-3ya.de"
     assert parse_url("https://a.eu").path == "/"
+    # A bare "?" stays (RFC 9309 rules match it), on the slow path (non-ASCII host) as on the fast one.
+    assert parse_url("https://a.eu/x?#f").path == parse_url("https://münchen.de/x?").path == "/x?"
     for value, kind in ((None, "no_url"), ("", "no_url"), ("ftp://a.eu/x", "non_http_url"),
                         ("mailto:a@b.eu", "non_http_url"), ("https://", "bad_url"), ("http://a.eu:99999/", "bad_url"),
                         (42, "bad_url"), ("www.a.eu/page", "non_http_url")):

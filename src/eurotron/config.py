@@ -517,6 +517,9 @@ class OptOutConfig:
     # Whether `User-agent: *` groups count: for the agent "*" and for agents without a group of their
     # own (Apertus: yes). false: only groups that name an agent count.
     wildcard_group: bool = True
+    # How robots.txt is read: rfc9309 (RFC 9309 exactly, eurotron's matcher) | apertus (Protego's
+    # decisions, to re-run Apertus's filtering). The report counts the documents the two decide differently.
+    robots_semantics: str = "rfc9309"
     # TDMRep: /.well-known/tdmrep.json, then `tdm-reservation` headers, then HTML <meta>.
     tdmrep: bool = True
     # What a missing, 4xx, 5xx/unreachable or unparsable robots.txt means: apertus (keep the

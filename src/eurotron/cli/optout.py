@@ -51,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     c.add_argument("--agent", action="append", help="agents to check (default: the Apertus list)")
     c.add_argument("--policy", default="apertus")
     c.add_argument("--no-wildcard-group", action="store_true", help="ignore `User-agent: *` groups")
+    c.add_argument("--semantics", choices=("rfc9309", "apertus"), default="rfc9309",
+                   help="robots.txt read as RFC 9309 specifies, or as Protego (Apertus) reads it")
 
     e = sub.add_parser("export", help="write a snapshot as readable JSONL (origins.jsonl + snapshot.json)")
     e.add_argument("--snapshot", required=True)
@@ -145,7 +147,8 @@ def check(args: argparse.Namespace) -> List[dict]:
 
     store = SnapshotStore(resolve_snapshot_path(args.snapshot))
     policy = resolve_policy(args.policy, {})
-    flt = OptOutFilter(store, args.agent or list(AI_CRAWLER_AGENTS), not args.no_wildcard_group, True, True, policy)
+    flt = OptOutFilter(store, args.agent or list(AI_CRAWLER_AGENTS), not args.no_wildcard_group, True, True, policy,
+                       args.semantics)
     out = []
     for url in args.urls:
         try:
@@ -160,8 +163,10 @@ def check(args: argparse.Namespace) -> List[dict]:
                "robots_policy": f"robots.txt {d.detail}, policy {args.policy} removes",
                "tdmrep": f"TDM rights reserved ({d.detail})",
                "tdmrep_policy": f"tdmrep.json unreadable, policy {args.policy} removes"}.get(d.reason, "no opt-out")
+        if d.differs is not None:
+            why += f" (robots.txt disallows it only under {d.differs})"
         print(f"{url}: {verdict}: {why} [robots.txt: {d.robots_case}, tdmrep.json: {d.tdmrep_status}]")
-        out.append({"url": url, "reason": d.reason, "agents": d.agents, "detail": d.detail})
+        out.append({"url": url, "reason": d.reason, "agents": d.agents, "detail": d.detail, "differs": d.differs})
     return out
 
 

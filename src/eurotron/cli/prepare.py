@@ -65,6 +65,12 @@ def _removals(output_dir: str, manifest: Dict[str, Any]) -> List[str]:
         lines.append(f"  note: {robots['missing']:,} of {sum(robots.values()):,} documents come from origins the "
                      f"snapshot does not hold (policy: {report['policy']['missing']}); is filters.snapshot the "
                      f"right one for this source?")
+    semantics = report.get("robots_semantics")
+    if semantics and semantics["documents_decided_differently"]:
+        other = next(k[len("removed_only_by_"):] for k in semantics if k.startswith("removed_only_by_")
+                     and not k.endswith(semantics["used"]))
+        lines.append(f"  robots.txt: {semantics['documents_decided_differently']:,} documents would be decided "
+                     f"differently under robots_semantics={other} (report.json robots_semantics)")
     pii = report["pii"]
     if pii["replaced"]:
         lines.append("  PII replaced: " + ", ".join(f"{k} {v:,}" for k, v in sorted(

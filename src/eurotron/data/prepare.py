@@ -41,6 +41,7 @@ from .filters.dedup_index import Deduplicator
 from .filters.lists import DomainLists
 from .filters.pii import PiiScrubber
 from .filters.report import REPORT_JSON, REPORT_MD, ReportBuilder, write_reports
+from .filters.robots import check_agents, check_semantics
 from .filters.stage import BAD_RECORD_POLICIES, BatchResult, StageSettings, effective_policy, uses_snapshot
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, TOKENIZER_DIR, write_manifest
 from .readers import iter_rows
@@ -208,6 +209,12 @@ def _filter_problems(cfg: PrepareConfig) -> list:
                             "filters.optout.tdmrep=false")
         if f.optout.robots and not f.optout.agents:
             problems.append("filters.optout.agents is empty: list the crawlers whose robots.txt rules count")
+        if f.optout.robots:
+            for check in (lambda: check_semantics(f.optout.robots_semantics), lambda: check_agents(f.optout.agents)):
+                try:
+                    check()
+                except DataError as err:
+                    problems.append(str(err))
     return problems
 
 

@@ -3,7 +3,8 @@
 In the order a document meets them (``stage.py`` runs them per batch, in worker processes):
 
 * ``lists.py``    domain block / allow lists from files;
-* ``optout.py``   opt-out: robots.txt for AI crawlers (``robots.py``, RFC 9309 via Protego) and the
+* ``optout.py``   opt-out: robots.txt for AI crawlers (``robots.py``: RFC 9309 by ``rfc9309.py``, or
+                  Protego's reading for Apertus compatibility) and the
                   TDM Reservation Protocol (``tdmrep.py``), decided from an on-disk snapshot
                   (``snapshot.py``; ``fetch.py`` builds one for `eurotron-optout fetch`);
 * ``pii.py``      e-mail, IP, IBAN and phone numbers → placeholders;

@@ -3,8 +3,10 @@
 The report holds the figures the EU training-content summary asks for (`eurotron-summary` turns
 reports into its draft): documents and tokens in and out, removals per reason with their top
 domains, removals per robots.txt agent, the opt-out protocols honoured with the snapshot's date and
-the policy, PII replaced, languages, crawl periods and the largest domains kept. Every count is
-exact, except top-domain lists over more than `TOP_CAPACITY` distinct hosts (marked approximate).
+the policy, PII replaced, languages, crawl periods, the largest domains kept, and the documents
+whose robots.txt decision depends on the semantics (RFC 9309 or Protego's: `robots_semantics`).
+Every count is exact, except top-domain lists over more than `TOP_CAPACITY` distinct hosts (marked
+approximate).
 Tokens include the EOS that ends each document, as the shards hold them.
 """
 
@@ -17,13 +19,17 @@ from itertools import compress
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from .robots import SEMANTICS
+
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 FORMAT = "eurotron-prepare-report"
 FORMAT_VERSION = 1
+SEMANTICS_SIGNAL = "robots_semantics"
 TOP_CAPACITY = 20_000
 TOP_SHOWN = 20
 EXAMPLES_PER_KIND = 5
+SEMANTICS_TEXT = {"rfc9309": "RFC 9309, eurotron's matcher", "apertus": "Protego's decisions, as Apertus filtered"}
 REASONS = ("blocklist", "not_allowlisted", "url_policy", "robots", "robots_policy", "tdmrep", "tdmrep_policy",
            "dedup_exact", "dedup_near")
 REASON_TEXT = {
@@ -234,7 +240,8 @@ class ReportBuilder:
         signals: Dict[str, Dict[str, int]] = {}
         for key, n in sorted(self.signals.items()):
             group, _, name = key.partition(":")
-            signals.setdefault(group, {})[name] = n
+            if group != SEMANTICS_SIGNAL:
+                signals.setdefault(group, {})[name] = n
         report = {
             "format": FORMAT, "format_version": FORMAT_VERSION, **self.header,
             "documents": {"read": self.read, "in": self.totals["in"][0], "out": self.totals["out"][0],
@@ -254,9 +261,23 @@ class ReportBuilder:
                         "approximate": self.domains_out.approximate or self.hosts_in.approximate,
                         "top_out": self.domains_out.top()},
         }
+        semantics = self._semantics()
+        if semantics:
+            report["robots_semantics"] = semantics
         if extra:
             report.update(extra)
         return report
+
+    def _semantics(self) -> Dict[str, Any]:
+        """Which robots.txt semantics decided, and on how many documents the other one would not."""
+        filters = self.header.get("filters") or {}
+        optout = filters.get("optout") or {}
+        if not (filters.get("enabled") and optout.get("robots")):
+            return {}
+        only = {name: self.signals.get(f"{SEMANTICS_SIGNAL}:removed_only_by_{name}", 0) for name in SEMANTICS}
+        return {"used": optout.get("robots_semantics", SEMANTICS[0]),
+                "documents_decided_differently": sum(only.values()),
+                **{f"removed_only_by_{name}": n for name, n in only.items()}}
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -306,7 +327,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
     robots = report["removed"].get("robots")
     if robots:
         out += ["### robots.txt removals per agent", "",
-                "A document counts for every listed agent its robots.txt disallows.", ""]
+                "A document counts for every agent whose own group disallows it, and for `*` when the `*` "
+                "group (that agents without a group of their own obey) does.", ""]
         out += _table(["agent", "documents"], list(robots["by_agent"].items()))
     for key, entry in report["removed"].items():
         for label in ("by_case", "by_signal"):
@@ -354,6 +376,12 @@ def _filters_section(report: Dict[str, Any], filters: Dict[str, Any]) -> List[st
     if optout.get("robots"):
         out += [f"Agents: {', '.join(optout.get('agents', []))}; `User-agent: *` groups "
                 + ("count" if optout.get("wildcard_group") else "are ignored"), ""]
+    semantics = report.get("robots_semantics")
+    if semantics:
+        out += [f"robots.txt semantics: `{semantics['used']}` ({SEMANTICS_TEXT[semantics['used']]}). Documents the "
+                f"two semantics decide differently: {semantics['documents_decided_differently']:,} (disallowed only "
+                + ", only ".join(f"under {name}: {semantics[f'removed_only_by_{name}']:,}" for name in SEMANTICS)
+                + ")", ""]
     policy = report.get("policy", {})
     if policy:
         out += [f"Policy `{optout.get('policy')}`:", ""]

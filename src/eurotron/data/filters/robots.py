@@ -1,12 +1,18 @@
-"""robots.txt as an AI-training opt-out (RFC 9309 semantics, parsed by Protego).
+"""robots.txt as an AI-training opt-out.
 
-A document is disallowed when any configured agent may not fetch its URL. Protego does the RFC 9309
-work (groups, the longest matching rule wins, Allow wins a tie, ``*`` and ``$`` wildcards,
-case-insensitive product tokens); this module adds what a *retroactive* filter over a snapshot needs:
+A document is disallowed when any configured agent may not fetch its URL, decided under one of two
+`SEMANTICS`: ``rfc9309`` (default; eurotron's own matcher, ``rfc9309.py``) or ``apertus`` (Protego,
+the parser Apertus filtered with, to reproduce its decisions). Each run also decides every document
+under the other one, and the report counts the documents on which the two differ. This module adds
+what a *retroactive* filter over a snapshot needs:
 
 * what a robots.txt that is missing from the snapshot, answered 4xx or 5xx, could not be reached,
   or is unparsable means — an explicit policy, never an accident (`POLICIES`);
+* which part of a body is parsed (`read_body`: the first 500 KiB, without a cut last line);
 * whether ``User-agent: *`` groups count (``wildcard_group``; Apertus: yes).
+
+A removal is credited to the agents whose own group disallowed, or to ``*`` when the ``*`` group
+(that agents without a group fall back to) did.
 """
 
 from __future__ import annotations
@@ -15,7 +21,10 @@ import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import DataError
+from .rfc9309 import Rfc9309Rules, agent_token
 from .snapshot import Fetched
+
+SEMANTICS = ("rfc9309", "apertus")
 
 ACTIONS = ("keep", "remove")
 # What each failure case means under each policy. "missing": the origin is not in the snapshot;
@@ -71,9 +80,42 @@ def status_case(fetched: Optional[Fetched]) -> Optional[str]:
     return "4xx"  # 3xx that could not be followed, and 4xx: "unavailable"
 
 
-def decode_robots(body: Optional[bytes]) -> Optional[str]:
-    """The text of a robots.txt body, or None when it is no robots.txt at all."""
-    data = (body or b"")[:MAX_ROBOTS_BYTES]
+def check_semantics(semantics: str) -> str:
+    if semantics not in SEMANTICS:
+        raise DataError(f"filters.optout.robots_semantics={semantics!r}: must be one of {', '.join(SEMANTICS)} "
+                        f"(rfc9309: RFC 9309 exactly; apertus: Protego's decisions, as Apertus filtered)")
+    return semantics
+
+
+def check_agents(agents: Sequence[str]) -> None:
+    for agent in agents:
+        agent_token(agent)
+
+
+def parsed_part(body: bytes, truncated: bool = False) -> bytes:
+    """What of a body is parsed: RFC 9309 §2.5 asks for at least 500 KiB, eurotron parses exactly
+    that. A line the cut (or a fetch cut short, `truncated`) leaves incomplete is dropped, as an
+    unparseable line (§2.3.1.5): ``Disallow: /html/E12243_01/`` must not become ``Disallow: /html/E``."""
+    if len(body) > MAX_ROBOTS_BYTES:
+        truncated = body[MAX_ROBOTS_BYTES:MAX_ROBOTS_BYTES + 1] not in (b"\n", b"\r")
+        body = body[:MAX_ROBOTS_BYTES]
+    if truncated and not body.endswith((b"\n", b"\r")):
+        body = body[:max(body.rfind(b"\n"), body.rfind(b"\r")) + 1]
+    return body
+
+
+def read_body(body: Optional[bytes], truncated: bool = False) -> Optional[bytes]:
+    """The part of a robots.txt body to parse (`parsed_part`, byte-order mark removed), or None when
+    it is no robots.txt at all (HTML, binary, no directive)."""
+    data = parsed_part(body or b"", truncated)
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    return data if decode_robots(data) is not None else None
+
+
+def decode_robots(body: Optional[bytes], truncated: bool = False) -> Optional[str]:
+    """The text of a robots.txt body (the part parsed), or None when it is no robots.txt at all."""
+    data = parsed_part(body or b"", truncated)
     if b"\x00" in data:
         return None
     text = data.decode("utf-8", errors="replace").lstrip("\ufeff")
@@ -91,8 +133,21 @@ def _hide_wildcard_groups(text: str) -> str:
     return "\n".join(_HIDDEN_WILDCARD if _WILDCARD_GROUP_LINE.match(line) else line for line in text.splitlines())
 
 
-class RobotsRules:
-    """One parsed robots.txt, asked about a fixed list of agents."""
+def make_rules(semantics: str, body: bytes, agents: Sequence[str], wildcard_group: bool):
+    """The rules of one robots.txt (`read_body`'s bytes) under `semantics`: an object with
+    ``disallowed(url, path)`` (the credited agents) and ``blocks(url, path)``."""
+    if check_semantics(semantics) == "rfc9309":
+        return Rfc9309Rules(body, agents, wildcard_group)
+    return ProtegoRules(body.decode("utf-8", errors="replace"), agents, wildcard_group)
+
+
+class ProtegoRules:
+    """One robots.txt as Protego reads it (``robots_semantics: apertus``), asked about fixed agents.
+
+    Where Protego departs from RFC 9309 (README, "robots.txt semantics"): product tokens matched as
+    prefixes (``Applebot-Extended`` obeys ``Applebot``), a final ``$`` also read as a literal,
+    absolute-URL rules, ``index.html``, non-UTF-8 escapes, ``*GPTBot*``, a Crawl-delay line splitting
+    user-agent lines, ``=`` one octet long."""
 
     def __init__(self, text: str, agents: Sequence[str], wildcard_group: bool) -> None:
         from protego import Protego
@@ -102,10 +157,10 @@ class RobotsRules:
         self.groups = self._group(agents)
 
     def _group(self, agents: Sequence[str]) -> List[Tuple[Any, str, List[str]]]:
-        """(rule set, representative, agents) per robots.txt group the agents fall into: agents in one
-        group share one answer, so each group is asked once, straight from its rule set. Agents no
-        group applies to may fetch anything and are left out. Without Protego's group lookup
-        (another Protego version) every agent is asked through `Protego.can_fetch`."""
+        """(rule set, representative, credited agents) per robots.txt group the agents fall into:
+        agents in one group share one answer, so each group is asked once, straight from its rule
+        set. Agents no group applies to may fetch anything and are left out. Without Protego's group
+        lookup (a Protego other than the pinned one) every agent is asked through `can_fetch`."""
         lookup = getattr(self.parser, "_get_matching_rule_set", None)
         if not callable(lookup):
             return [(None, agent, [agent]) for agent in agents]
@@ -115,18 +170,24 @@ class RobotsRules:
             if group is None:
                 continue
             rule_set = group if callable(getattr(group, "can_fetch", None)) else None
-            by_group.setdefault(id(group), (rule_set, agent, []))[2].append(agent)
+            credit = by_group.setdefault(id(group), (rule_set, agent, []))[2]
+            name = "*" if getattr(group, "user_agent", None) == "*" else agent
+            if name not in credit:
+                credit.append(name)
         return list(by_group.values())
 
-    def disallowed(self, url: str) -> List[str]:
-        """The agents that may not fetch `url`."""
+    def _allowed(self, rule_set: Any, representative: str, url: str) -> bool:
+        if rule_set is None or "/robots.txt" in url:  # Protego's own answer for robots.txt itself
+            return self.parser.can_fetch(url, representative)
+        return rule_set.can_fetch(url)
+
+    def disallowed(self, url: str, path: str = "") -> List[str]:
+        """The agents (as credited) that may not fetch `url`."""
         out: List[str] = []
-        via_parser = "/robots.txt" in url  # Protego's own answer for robots.txt itself
-        for rule_set, representative, members in self.groups:
-            if rule_set is None or via_parser:
-                allowed = self.parser.can_fetch(url, representative)
-            else:
-                allowed = rule_set.can_fetch(url)
-            if not allowed:
-                out.extend(members)
+        for rule_set, representative, credit in self.groups:
+            if not self._allowed(rule_set, representative, url):
+                out.extend(name for name in credit if name not in out)
         return out
+
+    def blocks(self, url: str, path: str = "") -> bool:
+        return any(not self._allowed(r, rep, url) for r, rep, _ in self.groups)

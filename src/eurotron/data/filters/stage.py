@@ -95,7 +95,7 @@ class Stage:
 
             store = SnapshotStore(settings.snapshot)
             self.optout = OptOutFilter(store, f.optout.agents, f.optout.wildcard_group, f.optout.robots,
-                                       f.optout.tdmrep, self.policy)
+                                       f.optout.tdmrep, self.policy, f.optout.robots_semantics)
         self.pii = PiiScrubber(f.pii.kinds) if f.enabled and f.pii.enabled else None
         self.minhash = (MinHasher(f.dedup.num_perm, f.dedup.shingle_words, f.dedup.threshold)
                         if f.enabled and f.dedup.near else None)
@@ -135,7 +135,7 @@ class Stage:
         return docs
 
     # ------------------------------------------------------------------------------------- filters
-    def _filter(self, doc: Dict[str, Any], signals: Counter, origins: List[Tuple[str, str]]
+    def _filter(self, doc: Dict[str, Any], signals: Counter, origins: List[Tuple[str, str, Optional[str]]]
                 ) -> Tuple[Optional[str], Optional[str], Any]:
         """(host, removal reason, detail) from the domain lists and the opt-out filter; what the
         snapshot said about the origin goes to `origins` (counted per batch)."""
@@ -157,15 +157,17 @@ class Stage:
         if self.optout is None:
             return host, None, None
         decision = self.optout.check(url, parsed, doc.get(f.headers_field), doc.get(f.html_field))
-        origins.append((decision.robots_case, decision.tdmrep_status))
+        origins.append((decision.robots_case, decision.tdmrep_status, decision.differs))
         reason = decision.reason
         return host, reason, decision.agents if reason == "robots" else decision.detail
 
-    def _count_origins(self, origins: List[Tuple[str, str]], signals: Counter) -> None:
+    def _count_origins(self, origins: List[Tuple[str, str, Optional[str]]], signals: Counter) -> None:
         f = self.settings.filters
-        for (robots_case, tdm_status), n in Counter(origins).items():
+        for (robots_case, tdm_status, differs), n in Counter(origins).items():
             if f.optout.robots:
                 signals["robots:" + robots_case] += n
+                if differs is not None:  # robots.txt disallows it under this semantics only
+                    signals["robots_semantics:removed_only_by_" + differs] += n
             if f.optout.tdmrep:
                 signals["tdmrep:" + tdm_status] += n
 
@@ -183,7 +185,7 @@ class Stage:
         langs, dates, texts = result.langs, result.dates, []
         hosts, reasons, details, chars, candidates = (result.hosts, result.reasons, result.details, result.chars,
                                                       result.candidates)
-        origins: List[Tuple[str, str]] = []
+        origins: List[Tuple[str, str, Optional[str]]] = []
         check = self._filter if self.enabled else None
         for i, doc in enumerate(docs):
             if doc is None:

@@ -162,9 +162,18 @@ def _processing_section(reports: List[Tuple[str, Dict[str, Any]]]) -> List[str]:
                      f"({snap.get('origins', 0):,} origins) {_ref(i, 'snapshot')}")
         out.append(line + ".")
         if o["robots"]:
+            # Reports from before robots_semantics existed were decided by Protego.
+            read = ("as Protego reads it (Apertus's filtering reproduced)"
+                    if o.get("robots_semantics", "apertus") == "apertus" else "as RFC 9309 specifies")
             out.append(f"  - A document was removed when any of these crawlers may not fetch its URL: "
                        f"{', '.join(o['agents'])} {_ref(i, 'filters.optout.agents')}; "
-                       f"`User-agent: *` groups {'count' if o['wildcard_group'] else 'do not count'}.")
+                       f"`User-agent: *` groups {'count' if o['wildcard_group'] else 'do not count'}; "
+                       f"robots.txt read {read}.")
+            by_agent = (r["removed"].get("robots") or {}).get("by_agent")
+            if by_agent:
+                out.append("  - robots.txt removals by the crawler whose group disallowed (`*`: the group for all "
+                           "crawlers): " + ", ".join(f"{k} {v:,}" for k, v in by_agent.items())
+                           + f" {_ref(i, 'removed.robots.by_agent')}.")
         policy = r.get("policy") or {}
         if policy:
             out.append(f"  - Unavailable or unparsable opt-out files, policy `{o['policy']}`: "

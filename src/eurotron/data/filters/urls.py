@@ -104,7 +104,7 @@ def parse_url(value: Union[str, object]) -> ParsedUrl:
         raise BadUrl("bad_url", "no host")
     host = normalise_host(parts.hostname)
     path = parts.path or "/"
-    if parts.query:
+    if parts.query or "?" in value.partition("#")[0]:  # a bare "?" is part of what rules match (RFC 9309)
         path += "?" + parts.query
     return ParsedUrl(origin_of(scheme, host, port), host, path)
 
