@@ -458,6 +458,21 @@ class LaunchConfig:
 
 
 @dataclass
+class PlanConfig:
+    """eurotron-plan (plan/search.py): what to plan for and how to print it."""
+    # The token budget that GPU-hours, node-hours, days and energy are given for.
+    tokens: float = 1.0e12
+    # Nodes to plan on; null: the nodes of the configured layout (parallel.* world size / gpus_per_node).
+    nodes: Optional[int] = None
+    # true: evaluate exactly the layout of parallel.* and data.micro_batch_size; false: search all layouts.
+    fixed_layout: bool = False
+    # text | json ({"layouts": [...]}, best first)
+    format: str = "text"
+    # Layouts printed in text (json lists every feasible one).
+    top: int = 10
+
+
+@dataclass
 class TrainConfig:
     name: str = "run"
     run_dir: str = "runs/${name}"
@@ -474,6 +489,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
 
 # ------------------------------------------------------------------------------------------- prepare
