@@ -332,6 +332,26 @@ class LauncherConfig:
 
 
 @dataclass
+class InterconnectConfig:
+    """Achievable collective bandwidth per GPU (nccl-tests' bus bandwidth, one direction), GB/s; 0: not
+    known (eurotron-plan then refuses the cluster). The throughput model (plan/throughput.py) uses it."""
+    # Inside a node (NVLink, Infinity Fabric): what TP and intra-node DP collectives see.
+    intra_node_gb_s: float = 0.0
+    # Between nodes: the node's NICs shared by its GPUs (e.g. 4x 200 Gb/s for 4 GPUs = 25 GB/s).
+    inter_node_gb_s: float = 0.0
+
+
+@dataclass
+class BillingConfig:
+    """How the centre bills an allocation, for eurotron-plan's cost line."""
+    # The unit's name as the centre writes it (node-hours, GPU-hours).
+    unit: str = "node-hours"
+    # Devices (ranks) one billed unit-hour covers: gpus_per_node for node-hours; 2 on LUMI (a GPU-hour
+    # is one MI250X, two GCDs).
+    devices_per_unit: int = 0
+
+
+@dataclass
 class ClusterConfig:
     name: str = "local"
     # auto | cpu | cuda
@@ -359,6 +379,10 @@ class ClusterConfig:
     arch: str = "x86_64"
     # Memory kept free per GPU for the CUDA/ROCm context, NCCL buffers and fragmentation, GB.
     memory_reserve_gb: float = 4.0
+    interconnect: InterconnectConfig = field(default_factory=InterconnectConfig)
+    # Power of one node training (GPUs, CPUs, memory, NICs), W; 0: unknown (no energy estimate).
+    node_power_w: float = 0.0
+    billing: BillingConfig = field(default_factory=BillingConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     container: ContainerConfig = field(default_factory=ContainerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -459,6 +483,21 @@ class LaunchConfig:
 
 
 @dataclass
+class PlanConfig:
+    """eurotron-plan (plan/search.py): what to plan for and how to print it."""
+    # The token budget that GPU-hours, node-hours, days and energy are given for.
+    tokens: float = 1.0e12
+    # Nodes to plan on; null: the nodes of the configured layout (parallel.* world size / gpus_per_node).
+    nodes: Optional[int] = None
+    # true: evaluate exactly the layout of parallel.* and data.micro_batch_size; false: search all layouts.
+    fixed_layout: bool = False
+    # text | json ({"layouts": [...]}, best first)
+    format: str = "text"
+    # Layouts printed in text (json lists every feasible one).
+    top: int = 10
+
+
+@dataclass
 class TrainConfig:
     name: str = "run"
     run_dir: str = "runs/${name}"
@@ -475,6 +514,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
 
 # ------------------------------------------------------------------------------------------- prepare

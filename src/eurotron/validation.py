@@ -39,6 +39,7 @@ RESUME_MODES = ("auto", "never", "restart")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 GENERATION_STRATEGIES = ("greedy", "top_p")
 NONFINITE_MODES = ("skip", "stop")
+PLAN_FORMATS = ("text", "json")
 
 
 class _Problems:
@@ -413,6 +414,27 @@ def validate_train_config(cfg: TrainConfig, world_size: Optional[int] = None) ->
               f"launched; launch {par.world_size} processes (torchrun --nproc-per-node={par.world_size} "
               f"--no-python eurotron-train ..., or eurotron-launch) or pick a layout for {world_size}"
               + (" (parallel=single)" if world_size == 1 else ""))
+    p.raise_if_any()
+
+
+def validate_plan_config(cfg: TrainConfig) -> None:
+    """eurotron-plan's own keys (plan.*) and the cluster figures every plan needs."""
+    p = _Problems()
+    plan, c = cfg.plan, cfg.cluster
+    _check_finite(plan, "plan", p)
+    if p.positive("plan.tokens", plan.tokens) and plan.tokens < 1:
+        p.add("plan.tokens", plan.tokens, "must be at least 1 token (e.g. plan.tokens=1e12)")
+    if plan.nodes is not None:
+        p.positive("plan.nodes", plan.nodes)
+    p.positive("plan.top", plan.top)
+    p.choice("plan.format", plan.format, PLAN_FORMATS)
+    if c.gpus_per_node <= 0:
+        p.add("cluster.gpus_per_node", c.gpus_per_node,
+              f"cluster {c.name!r} declares no GPUs: plan for a GPU system (e.g. cluster=alps, cluster=lumi) "
+              f"or set cluster.gpus_per_node, cluster.gpu_model and cluster.gpu_memory_gb")
+    if match_gpu(c.gpu_model) is None:
+        p.add("cluster.gpu_model", c.gpu_model, "is not a GPU the planner knows (H100, H200, GH200, A100, "
+                                                 "MI250X, MI300X); set one of them")
     p.raise_if_any()
 
 

@@ -25,6 +25,8 @@ from ..launch.sweep import SweepPoint, record_point
 from ..launch.validation import check_launch
 from ..paths import config_dir
 from ..plan.memory import GiB, estimate_memory
+from ..plan.search import evaluate
+from ..plan.throughput import PlanError
 from .common import check_experiment_names, exit_on_user_error, resolved_yaml, sweep_context, typed_config
 
 APP = "eurotron-launch"
@@ -55,6 +57,7 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         commands = sbatch_commands(run_dir / SCRIPT_NAME, train_cfg.launch.chain)
         print(f"{APP}: dry run ({shape}); would write {run_dir} and run: "
               + "; ".join(" ".join(c) for c in commands), file=sys.stderr, flush=True)
+        print(f"{APP}: {_plan_line(train_cfg)}", file=sys.stderr, flush=True)
     else:
         if shutil.which("sbatch") is None:
             raise SubmitError("sbatch is not on PATH: run eurotron-launch on a Slurm login node "
@@ -65,11 +68,21 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         result["job_ids"] = submission.job_ids
         chained = " (each after the previous one ends)" if len(submission.job_ids) > 1 else ""
         print(f"{APP}: submitted job {', '.join(submission.job_ids)}{chained}: {shape}\n"
-              f"  run dir: {run_dir}\n  logs:    {run_dir / 'logs'}", flush=True)
+              f"  run dir: {run_dir}\n  logs:    {run_dir / 'logs'}\n  {_plan_line(train_cfg)}", flush=True)
     if sweep is not None:
         record_point(sweep.sweep_dir, SweepPoint(num=sweep.num, overrides=sweep.overrides, run_dir=str(run_dir),
                                                  job_ids=result["job_ids"], dry_run=dry_run))
     return result
+
+
+def _plan_line(cfg: TrainConfig) -> str:
+    """eurotron-plan's line for exactly what is submitted (speed, memory, cost of plan.tokens)."""
+    if cfg.cluster.device == "cpu" or cfg.cluster.gpus_per_node <= 0:
+        return "plan: no throughput estimate for a CPU cluster"
+    try:
+        return f"plan ({cfg.plan.tokens:.3g} tokens): " + evaluate(cfg, cfg.plan.tokens).line()
+    except PlanError as err:
+        return f"plan: no throughput estimate ({err})"
 
 
 @hydra.main(version_base=None, config_path=str(config_dir()), config_name="launch")

@@ -18,17 +18,21 @@ class GpuSpec:
     vendor: str          # nvidia | amd
     bf16_peak_flops: float
     float8: bool         # FP8 tensor cores (Hopper/Ada and newer, MI300)
+    # Fraction of the bf16 peak a compiled/fused Llama block reaches at training shapes: the throughput
+    # model's one free figure per GPU model, calibrated on published runs (plan/throughput.py,
+    # tests/test_plan_throughput.py; A100/MI250X from published MFU, see benchmarks/README.md).
+    matmul_efficiency: float
 
 
 # Most specific patterns first: "GH200" must not match as "H100", "H100 PCIe" not as "H100".
 _TABLE = (
-    (("GH200",), GpuSpec("GH200", "nvidia", 989e12, True)),
-    (("H100 PCIE", "H100 PCI"), GpuSpec("H100 PCIe", "nvidia", 756e12, True)),
-    (("H200",), GpuSpec("H200 SXM", "nvidia", 989e12, True)),
-    (("H100",), GpuSpec("H100 SXM", "nvidia", 989e12, True)),
-    (("A100",), GpuSpec("A100", "nvidia", 312e12, False)),
-    (("MI300X",), GpuSpec("MI300X", "amd", 1307e12, True)),
-    (("MI250X", "MI250"), GpuSpec("MI250X GCD", "amd", 191.5e12, False)),
+    (("GH200",), GpuSpec("GH200", "nvidia", 989e12, True, 0.42)),
+    (("H100 PCIE", "H100 PCI"), GpuSpec("H100 PCIe", "nvidia", 756e12, True, 0.50)),
+    (("H200",), GpuSpec("H200 SXM", "nvidia", 989e12, True, 0.50)),
+    (("H100",), GpuSpec("H100 SXM", "nvidia", 989e12, True, 0.50)),
+    (("A100",), GpuSpec("A100", "nvidia", 312e12, False, 0.60)),
+    (("MI300X",), GpuSpec("MI300X", "amd", 1307e12, True, 0.35)),
+    (("MI250X", "MI250"), GpuSpec("MI250X GCD", "amd", 191.5e12, False, 0.40)),
 )
 AMD_HINTS = ("MI2", "MI3", "INSTINCT", "AMD", "RADEON")
 
