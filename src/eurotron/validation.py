@@ -15,13 +15,11 @@ from .config import ConfigError, TrainConfig
 from .model.linear import CPU_MATMUL_BACKENDS, onednn_available
 from .model.masks import ATTENTION_BACKENDS
 from .plan.gpus import match_gpu
+from .plan.layout import MULTI_STAGE_SCHEDULES, SCHEDULES, num_stages, step_micro_batches, world_size_problem
 
 MODEL_FAMILIES = ("llama", "mistral", "apertus")
 MLP_KINDS = ("swiglu", "xielu")
 ROPE_SCALINGS = ("none", "llama3")
-PP_SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b", "looped_bfs", "interleaved_zb", "zbv_zero_bubble", "dualpipev")
-# Schedules that run several (virtual) stages per rank.
-MULTI_STAGE_SCHEDULES = ("interleaved_1f1b", "looped_bfs", "interleaved_zb", "zbv_zero_bubble", "dualpipev")
 DP_ENGINES = ("fsdp", "ddp")
 AC_MODES = ("none", "full", "selective", "selective_op")
 FSDP_GRAD_SYNCS = ("micro_batch", "last")
@@ -150,7 +148,7 @@ def _check_parallel(cfg: TrainConfig, p: _Problems) -> None:
         for k in ("tp", "pp", "dp_shard", "dp_replicate", "pp_virtual_stages", "activation_checkpoint_every")
     )
     p.choice("parallel.dp_engine", par.dp_engine, DP_ENGINES)
-    p.choice("parallel.pp_schedule", par.pp_schedule, PP_SCHEDULES)
+    p.choice("parallel.pp_schedule", par.pp_schedule, SCHEDULES)
     p.choice("parallel.activation_checkpoint", par.activation_checkpoint, AC_MODES)
     p.choice("parallel.fsdp_grad_sync", par.fsdp_grad_sync, FSDP_GRAD_SYNCS)
     # YAML's true/false reach a str field as "True"/"False": accepted in any case (parallel/data.py).
@@ -172,13 +170,17 @@ def _check_parallel(cfg: TrainConfig, p: _Problems) -> None:
     if par.dp_engine == "ddp" and par.dp_shard > 1:
         p.add("parallel.dp_shard", par.dp_shard,
               "DDP replicates, it does not shard: use parallel.dp_replicate for DDP or set parallel.dp_engine=fsdp")
-    stages = par.pp * par.pp_virtual_stages
-    if par.pp_virtual_stages > 1 and par.pp_schedule not in MULTI_STAGE_SCHEDULES:
+    stages = num_stages(par)
+    spec = SCHEDULES.get(par.pp_schedule)
+    if spec is None:
+        return  # reported above
+    if par.pp_virtual_stages > 1 and not spec.multi_stage:
         p.add("parallel.pp_schedule", par.pp_schedule,
               f"runs one stage per rank; with parallel.pp_virtual_stages={par.pp_virtual_stages} "
               f"use one of {', '.join(MULTI_STAGE_SCHEDULES)}")
-    if par.pp_schedule in ("zbv_zero_bubble", "dualpipev") and par.pp > 1 and par.pp_virtual_stages != 2:
-        p.add("parallel.pp_virtual_stages", par.pp_virtual_stages, f"{par.pp_schedule} needs exactly 2 stages per rank")
+    if spec.stages_per_rank and par.pp > 1 and par.pp_virtual_stages != spec.stages_per_rank:
+        p.add("parallel.pp_virtual_stages", par.pp_virtual_stages,
+              f"{par.pp_schedule} needs exactly {spec.stages_per_rank} stages per rank")
     if par.pp_layers_per_stage:
         if len(par.pp_layers_per_stage) != stages:
             p.add("parallel.pp_layers_per_stage", list(par.pp_layers_per_stage),
@@ -189,10 +191,6 @@ def _check_parallel(cfg: TrainConfig, p: _Problems) -> None:
     elif m.num_layers > 0 and m.num_layers < stages:
         p.add("parallel.pp", par.pp,
               f"pp*pp_virtual_stages={stages} stages but model.num_layers={m.num_layers}: every stage needs a layer")
-
-
-# Schedules that split backward into input- and weight-gradient steps (DDP's reducer cannot follow them).
-SPLIT_BACKWARD_SCHEDULES = ("interleaved_zb", "zbv_zero_bubble", "dualpipev")
 
 
 def _check_parallel_composition(cfg: TrainConfig, p: _Problems) -> None:
@@ -209,26 +207,20 @@ def _check_parallel_composition(cfg: TrainConfig, p: _Problems) -> None:
         p.add("parallel.dp_engine", "ddp",
               "does not compose with tensor parallelism (parallel.tp>1); use parallel.dp_engine=fsdp "
               "(parallel.dp_replicate alone gives plain replication, as DDP does)")
-    if par.dp_engine == "ddp" and par.dp > 1 and par.pp > 1 and par.pp_schedule in SPLIT_BACKWARD_SCHEDULES:
+    spec = SCHEDULES.get(par.pp_schedule)
+    if par.dp_engine == "ddp" and par.dp > 1 and par.pp > 1 and spec is not None and spec.split_backward:
         p.add("parallel.pp_schedule", par.pp_schedule,
               "splits backward into input and weight steps, which DDP cannot synchronise; "
               "use parallel.dp_engine=fsdp or another schedule")
     if cfg.cluster.backend == "nccl" and cfg.cluster.device == "cpu":
         p.add("cluster.backend", "nccl", "needs GPUs; use cluster.backend=gloo (or auto) with cluster.device=cpu")
-    if par.pp > 1 and d.micro_batch_size > 0 and d.global_batch_size > 0:
-        n_micro = d.global_batch_size // max(d.micro_batch_size * par.dp, 1)
-        if n_micro < 1:
-            return
-        if par.pp_schedule == "dualpipev" and n_micro < 2 * par.pp:
+    if par.pp > 1 and spec is not None and d.micro_batch_size > 0 and d.global_batch_size > 0 \
+            and d.global_batch_size % (d.micro_batch_size * par.dp) == 0:  # else reported by _check_data
+        n_micro = step_micro_batches(cfg)
+        problem = spec.micro_batch_problem(n_micro, par.pp)
+        if problem:
             p.add("data.global_batch_size", d.global_batch_size,
-                  f"gives {n_micro} micro-batches per pipeline; dualpipev needs at least one per stage "
-                  f"(2 x parallel.pp = {2 * par.pp})")
-        if par.pp_schedule in ("interleaved_1f1b", "interleaved_zb"):
-            rounds = max(1, n_micro // par.pp)
-            if n_micro % rounds:
-                p.add("data.global_batch_size", d.global_batch_size,
-                      f"gives {n_micro} micro-batches per pipeline; {par.pp_schedule} needs a multiple of "
-                      f"{rounds} (rounds of parallel.pp={par.pp}); a multiple of parallel.pp always works")
+                  f"gives {n_micro} micro-batches per pipeline: {problem}; raise it or lower data.micro_batch_size")
 
 
 def _check_data(cfg: TrainConfig, p: _Problems) -> None:
@@ -252,10 +244,6 @@ def _check_data(cfg: TrainConfig, p: _Problems) -> None:
         p.add("data.global_batch_size", d.global_batch_size,
               f"must be a multiple of data.micro_batch_size x data-parallel size = {d.micro_batch_size} x {dp} "
               f"= {per_step}")
-    elif par.pp > 1 and par.pp > 0 and d.global_batch_size // per_step < par.pp:
-        p.add("data.global_batch_size", d.global_batch_size,
-              f"gives {d.global_batch_size // per_step} micro-batches per pipeline, fewer than parallel.pp={par.pp}; "
-              f"raise it or lower data.micro_batch_size")
 
 
 def _check_blend(blend, p: _Problems) -> None:
@@ -377,13 +365,10 @@ def validate_train_config(cfg: TrainConfig, world_size: Optional[int] = None) ->
     _check_data(cfg, p)
     _check_loss_optim_schedule(cfg, p)
     _check_run(cfg, p)
-    if world_size is not None and world_size != cfg.parallel.world_size:
+    problem = world_size_problem(cfg.parallel, world_size) if world_size is not None else None
+    if problem:
         par = cfg.parallel
-        p.add("parallel", f"pp={par.pp} dp_replicate={par.dp_replicate} dp_shard={par.dp_shard} tp={par.tp}",
-              f"the mesh needs pp*dp_replicate*dp_shard*tp={par.world_size} processes but {world_size} were "
-              f"launched; launch {par.world_size} processes (torchrun --nproc-per-node={par.world_size} "
-              f"--no-python eurotron-train ..., or eurotron-launch) or pick a layout for {world_size}"
-              + (" (parallel=single)" if world_size == 1 else ""))
+        p.add("parallel", f"pp={par.pp} dp_replicate={par.dp_replicate} dp_shard={par.dp_shard} tp={par.tp}", problem)
     p.raise_if_any()
 
 

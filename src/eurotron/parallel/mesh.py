@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from ..config import ParallelConfig
+from ..plan.layout import world_size_problem
 from .env import ProcessEnv
 
 MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "tp")
@@ -184,9 +185,9 @@ def build_mesh(par: ParallelConfig, device: torch.device) -> ParallelMesh:
     """The 4-D mesh over the default group (plus the flattened "dp" dim); None mesh for one process."""
     if par.world_size == 1 and not dist.is_initialized():
         return ParallelMesh(par, None)
-    world = dist.get_world_size()
-    if world != par.world_size:
-        raise RuntimeError(f"the layout needs {par.world_size} processes but the process group has {world}")
+    problem = world_size_problem(par, dist.get_world_size())
+    if problem:
+        raise RuntimeError(f"process group: {problem}")
     mesh = init_device_mesh(device.type, (par.pp, par.dp_replicate, par.dp_shard, par.tp), mesh_dim_names=MESH_DIMS)
     mesh["dp_replicate", "dp_shard"]._flatten(DP_FLAT)
     return ParallelMesh(par, mesh)

@@ -26,7 +26,7 @@ from torch.distributed.tensor._utils import _compute_local_shape_and_global_offs
 from ..config import DataConfig, ModelConfig, ParallelConfig, TrainConfig
 from ..model import build_model, count_parameters
 from .grads import is_sharded
-from .layout import STATE_BYTES_PER_PARAM
+from ..plan.layout import STATE_BYTES_PER_PARAM
 from .mesh import ParallelMesh, build_mesh
 from .parallelize import parallelize
 

@@ -33,13 +33,10 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from ..config import ModelConfig, ParallelConfig, TrainConfig
+from .layout import (COMPUTE_BYTES, STATE_BYTES_PER_PARAM, GiB, block_params, embedding_params, output_params,
+                     stage_params, step_micro_batches, total_params)
 
-GiB = 2**30
-STATE_BYTES_PER_PARAM = 16      # fp32 weight + fp32 grad + AdamW exp_avg + exp_avg_sq
-COMPUTE_BYTES = 2               # bf16 compute copies and activations
 LOGIT_BYTES = 10                # bf16 logits + fp32 upcast + fp32 gradient, per element
-GPIPE_SCHEDULES = ("gpipe",)
-ONE_F_ONE_B_SCHEDULES = ("1f1b",)
 
 
 @dataclass
@@ -89,39 +86,15 @@ class MemoryEstimate:
 
 
 # ------------------------------------------------------------------------------------ parameters
-def layer_params(m: ModelConfig) -> tuple[int, int]:
-    """(parameters split over TP, replicated parameters) of one transformer block."""
-    h, hd = m.hidden_size, m.resolved_head_dim
-    attention = h * hd * (2 * m.num_heads + 2 * m.num_kv_heads)
-    mlp = (3 if m.mlp == "swiglu" else 2) * h * m.ffn_hidden_size
-    replicated = 2 * h + (2 * hd if m.qk_norm else 0) + (2 if m.mlp == "xielu" else 0)
-    return attention + mlp, replicated
-
-
-def embedding_params(m: ModelConfig) -> int:
-    return m.vocab_size * m.hidden_size
-
-
-def output_params(m: ModelConfig) -> int:
-    """The final norm and, untied, the output projection (tied: counted with the embedding)."""
-    return m.hidden_size + (0 if m.tie_embeddings else m.vocab_size * m.hidden_size)
-
-
-def total_params(m: ModelConfig) -> int:
-    split, replicated = layer_params(m)
-    return m.num_layers * (split + replicated) + embedding_params(m) + output_params(m)
+layer_params = block_params
 
 
 def _stage_layout(m: ModelConfig, par: ParallelConfig) -> List[tuple[int, bool, bool]]:
     """Per pipeline rank: (layers, holds the embedding, holds the norm + output)."""
-    from ..parallel.pipeline import stage_layer_counts, stages_of_rank
-
-    num_stages = par.pp * par.pp_virtual_stages
-    counts = stage_layer_counts(m.num_layers, num_stages, par.pp_layers_per_stage)
     out = []
     for pp_rank in range(par.pp):
-        stages = stages_of_rank(pp_rank, par)
-        out.append((sum(counts[s] for s in stages), 0 in stages, num_stages - 1 in stages))
+        sp = stage_params(m, par, pp_rank)
+        out.append((sp.layers, sp.has_embedding, sp.has_output))
     return out
 
 
@@ -145,10 +118,10 @@ def checkpointed_layer_bytes(m: ModelConfig, par: ParallelConfig, tokens: int) -
 def micro_batches_in_flight(par: ParallelConfig, pp_rank: int, n_micro: int) -> float:
     if par.pp == 1:
         return 1.0
-    if par.pp_schedule in GPIPE_SCHEDULES:
+    if par.pp_schedule == "gpipe":
         return float(n_micro)
     in_flight = float(min(par.pp - pp_rank, n_micro))
-    if par.pp_schedule not in ONE_F_ONE_B_SCHEDULES:  # interleaved / zero-bubble: a little more
+    if par.pp_schedule != "1f1b":  # interleaved / zero-bubble: a little more
         v = max(par.pp_virtual_stages, 1)
         in_flight = min(in_flight * (1 + (par.pp - 1) / (par.pp * v)), float(n_micro) * v)
     return in_flight
@@ -172,7 +145,7 @@ def estimate_memory(cfg: TrainConfig) -> MemoryEstimate:
     """Bytes per rank of `cfg`'s model, layout and batch (see the module docstring for the accounting)."""
     m, par, d = cfg.model, cfg.parallel, cfg.data
     dp = max(par.dp, 1)
-    n_micro = max(d.global_batch_size // max(d.micro_batch_size * dp, 1), 1)
+    n_micro = max(step_micro_batches(cfg), 1)
     tokens = d.micro_batch_size * d.seq_len
     fsdp_shards = par.dp_shard if par.dp_engine == "fsdp" else 1
     split, replicated = layer_params(m)

@@ -33,6 +33,7 @@ from ..parallel.env import ProcessEnv, is_main_process, process_env, select_devi
 from ..parallel.layout import format_layout, gather_counts
 from ..parallel.mesh import build_mesh, init_distributed, resolve_backend
 from ..parallel.parallelize import parallelize
+from ..plan.layout import world_size_problem
 from .checkpoint import CheckpointManager, load_checkpoint
 from . import checkpoint_run_dir, preemption, resume_config
 from .loss import summed_cross_entropy
@@ -61,11 +62,9 @@ class Trainer:
             torch.set_num_threads(cfg.cluster.cpu_threads)
         # On GPUs the choice only concerns stray CPU matmuls: a build without oneDNN keeps PyTorch's.
         set_cpu_matmul(cfg.cluster.cpu_matmul if onednn_available() else "aten")
-        if cfg.parallel.world_size != self.env.world_size:  # before any process group starts
-            raise ConfigError(
-                f"parallel: the layout needs pp*dp_replicate*dp_shard*tp={cfg.parallel.world_size} processes "
-                f"but {self.env.world_size} were launched; change the layout or the launch"
-            )
+        problem = world_size_problem(cfg.parallel, self.env.world_size)
+        if problem:  # before any process group starts
+            raise ConfigError(f"parallel: {problem}")
         init_distributed(self.env, self.device, cfg.cluster.backend, cfg.cluster.collective_timeout_minutes)
         checkpoint_run_dir.check(self.run_dir, cfg.checkpoint.resume)  # before any work: writable, no clobbering
         self.pmesh = build_mesh(cfg.parallel, self.device)

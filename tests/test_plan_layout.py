@@ -1,0 +1,50 @@
+"""The layout model (plan/layout.py): torch-free, and the one source of schedules, splits and counts."""
+
+import subprocess
+import sys
+
+import pytest
+
+from eurotron.config import ModelConfig, ParallelConfig
+from eurotron.plan.layout import (SCHEDULES, micro_batch_count, schedule, stage_params, stages_of_rank,
+                                  total_params, world_size_problem)
+
+
+def test_importing_the_plan_imports_no_torch():
+    code = ("import sys, eurotron.plan.layout, eurotron.plan.memory; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_every_schedule_names_a_torch_class():
+    from torch.distributed.pipelining.schedules import get_schedule_class
+
+    for spec in SCHEDULES.values():
+        assert isinstance(get_schedule_class(spec.torch_class), type), spec
+    with pytest.raises(ValueError, match="unknown pipeline schedule 'nope'"):
+        schedule("nope")
+
+
+def test_schedule_rules():
+    assert schedule("interleaved_1f1b").micro_batch_problem(8, 4) is None
+    assert "multiple of 2" in schedule("interleaved_1f1b").micro_batch_problem(9, 4)
+    assert "at least one per stage" in schedule("dualpipev").micro_batch_problem(6, 4)
+    assert "fewer than parallel.pp=4" in schedule("1f1b").micro_batch_problem(3, 4)
+
+
+def test_micro_batches_and_world_size():
+    assert micro_batch_count(512, 1, 64) == 8
+    par = ParallelConfig(tp=4, pp=4, dp_shard=16)
+    assert world_size_problem(par, 256) is None
+    assert "needs pp*dp_replicate*dp_shard*tp=256 processes but 8" in world_size_problem(par, 8)
+
+
+def test_stage_params_add_up_to_the_model():
+    m = ModelConfig(vocab_size=1000, hidden_size=64, num_layers=10, num_heads=4, num_kv_heads=2,
+                    ffn_hidden_size=128)
+    for par in (ParallelConfig(pp=4, pp_virtual_stages=2, pp_schedule="interleaved_1f1b"),
+                ParallelConfig(pp=2, pp_virtual_stages=2, pp_schedule="zbv_zero_bubble"), ParallelConfig()):
+        assert sum(stage_params(m, par, r).total for r in range(par.pp)) == total_params(m)
+        assert sorted(s for r in range(par.pp) for s in stages_of_rank(r, par)) == \
+            list(range(par.pp * par.pp_virtual_stages if par.pp > 1 else 1))
