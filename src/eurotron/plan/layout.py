@@ -199,3 +199,67 @@ def stage_params(m: ModelConfig, par: ParallelConfig, pp_rank: int) -> StagePara
         tied_here = m.tie_embeddings and has_embedding
         total += m.hidden_size + (0 if tied_here else embedding_params(m) / par.tp)
     return StageParams(layers, has_embedding, has_output, block, total)
+
+
+# ------------------------------------------------------------------------- micro-batches in flight
+def _chunk_stages(par: ParallelConfig, n_micro: int, pp_rank: int) -> Tuple[int, List[int]]:
+    """(forwards before the first backward, local stage of each forward in schedule order).
+
+    The in-flight peak of each schedule on pipeline rank ``pp_rank`` (torch.distributed.pipelining):
+    1F1B warms up ``pp - 1 - rank`` forwards then runs one forward before each backward; interleaved
+    schedules warm up ``(v - 1) * per_round + 2 * (pp - 1 - rank)`` forwards over their local stages,
+    ``per_round`` micro-batches per local stage in turn; GPipe and looped BFS run every forward first.
+    Zero-bubble and V schedules are taken as interleaved ones (their W steps free no activations).
+    """
+    v = len(stages_of_rank(pp_rank, par))
+    if par.pp == 1:
+        return 1, [0] * n_micro
+    name = schedule(par.pp_schedule).name
+    if name == "gpipe":
+        return n_micro, [0] * n_micro
+    if name == "1f1b":
+        return min(par.pp - pp_rank, n_micro), [0] * n_micro
+    per_round = n_micro // max(1, n_micro // par.pp)
+    order = [(i // per_round) % v for i in range(n_micro * v)]
+    if name == "looped_bfs":
+        return n_micro * v, sorted(order)
+    warmup = min((v - 1) * per_round + 2 * (par.pp - 1 - pp_rank), n_micro * v)
+    return min(warmup + 1, n_micro * v), order
+
+
+def in_flight_micro_batches(par: ParallelConfig, n_micro: int, pp_rank: int) -> List[int]:
+    """Micro-batches whose activations pipeline rank ``pp_rank`` holds at its peak, per local stage."""
+    peak, order = _chunk_stages(par, n_micro, pp_rank)
+    counts = [0] * len(stages_of_rank(pp_rank, par))
+    for local in order[:peak]:
+        counts[local] += 1
+    return counts
+
+
+def schedule_order(par: ParallelConfig, n_micro: int, pp_rank: int) -> List[Tuple[str, int]]:
+    """The forward ("F") and backward ("B") steps, by local stage, that reproduce the rank's peak.
+
+    The warm-up forwards up to the in-flight peak; then, per local stage (the last first, as gradients
+    flow), one backward and — where micro-batches remain — one forward, so each local stage has
+    accumulated gradients while the in-flight activations are back at their peak (the steady state);
+    then the remaining backwards. Without PP: two micro-batches (one when the step has one), so an
+    accumulated gradient meets a second micro-batch's activations. ``train/memory_measure.py`` runs it.
+    """
+    if par.pp == 1:
+        return [("F", 0), ("B", 0)] * min(n_micro, 2)
+    peak, order = _chunk_stages(par, n_micro, pp_rank)
+    steps = [("F", local) for local in order[:peak]]
+    remaining = order[peak:]
+    live = in_flight_micro_batches(par, n_micro, pp_rank)
+    for local in reversed(range(len(live))):
+        if not live[local]:
+            continue
+        steps.append(("B", local))
+        live[local] -= 1
+        if local in remaining:
+            remaining.remove(local)
+            steps.append(("F", local))
+            live[local] += 1
+    for local in reversed(range(len(live))):
+        steps += [("B", local)] * live[local]
+    return steps
