@@ -8,8 +8,9 @@ for ``tokens`` tokens of one micro-batch, TP degree ``t``, and ``sp = t`` under 
 * the gathered inputs of the attention and MLP projections, ``2h`` each (never split: SP gathers them);
 * SDPA's inputs after RoPE and its output (q, k, v, out: ``2(2q + 2kv) / t``; flash-style kernels keep
   no scores) and the copy the output projection reads (``2q / t``);
-* the MLP's intermediates: SwiGLU gate, up, activation, product ``8f / t``; xIELU up and activation
-  ``4f / t`` (QK-norm adds its norms' ``6(q + kv) / t``).
+* the MLP's intermediates: SwiGLU gate, up, activation, product ``8f / t``; xIELU (eager,
+  model/activations.py) its input, ``alpha_p x``, ``expm1``, ``expm1 - x``, its output and two boolean
+  masks, ``12f / t`` (QK-norm adds its norms' ``6(q + kv) / t``).
 
 ``full`` keeps only each block's input (``2h / sp``) and recomputes the rest in backward; ``selective``
 does so for every ``activation_checkpoint_every``-th block (``parallel/activation.checkpointed_layers``);
@@ -23,6 +24,7 @@ from ..config import ModelConfig, ParallelConfig
 from .layout import COMPUTE_BYTES
 
 FP32 = 4
+XIELU_BYTES = 5 * COMPUTE_BYTES + 2   # five bf16 intermediates and two boolean masks per element
 
 
 def _dims(m: ModelConfig, par: ParallelConfig):
@@ -42,7 +44,7 @@ def block_activation_bytes(m: ModelConfig, par: ParallelConfig, tokens: int, mod
         norms = 2 * (FP32 + COMPUTE_BYTES) * h / sp
         gathered = 2 * COMPUTE_BYTES * h
         attention = COMPUTE_BYTES * (2 * q + 2 * kv + q) / t
-        mlp = (4 if m.mlp == "swiglu" else 2) * COMPUTE_BYTES * f / t
+        mlp = (4 * COMPUTE_BYTES if m.mlp == "swiglu" else XIELU_BYTES) * f / t
         qk_norm = (FP32 + COMPUTE_BYTES) * (q + kv) / t if m.qk_norm else 0
         per_token = norms + gathered + attention + mlp + qk_norm
     elif mode == "selective_op":
@@ -58,11 +60,17 @@ def block_activation_bytes(m: ModelConfig, par: ParallelConfig, tokens: int, mod
     return tokens * per_token
 
 
+def is_checkpointed(par: ParallelConfig, layer_id: int) -> bool:
+    """Whether block ``layer_id`` runs under torch.utils.checkpoint (parallel/activation.checkpointed_layers)."""
+    mode = par.activation_checkpoint
+    return mode in ("full", "selective_op") or (mode == "selective" and layer_id % max(par.activation_checkpoint_every, 1) == 0)
+
+
 def kept_block_bytes(m: ModelConfig, par: ParallelConfig, tokens: int, layer_id: int) -> float:
     """Bytes block ``layer_id`` keeps per micro-batch in flight under ``parallel.activation_checkpoint``."""
     mode = par.activation_checkpoint
     if mode == "selective":
-        mode = "full" if layer_id % max(par.activation_checkpoint_every, 1) == 0 else "none"
+        mode = "full" if is_checkpointed(par, layer_id) else "none"
     return block_activation_bytes(m, par, tokens, mode)
 
 
@@ -75,9 +83,10 @@ def block_working_bytes(m: ModelConfig, par: ParallelConfig, tokens: int) -> flo
     return recomputed + gradients
 
 
-def logits_bytes(m: ModelConfig, par: ParallelConfig, tokens: int, in_flight: int = 1) -> float:
-    """The last stage's logits: per micro-batch in flight the bf16 logits and the fp32 log-softmax the
-    loss keeps; for the one in backward also the fp32 and bf16 gradients (vocab-sharded over TP)."""
+def logits_bytes(m: ModelConfig, par: ParallelConfig, tokens: int, in_flight: int = 1) -> tuple:
+    """(kept, backward) bytes of the last stage's logits: the bf16 logits and the fp32 log-softmax the
+    loss keeps per micro-batch in flight; the fp32 and bf16 gradients of the one in backward, plus under
+    loss_parallel (TP) the fp32 softmax its backward recomputes (vocab-sharded over TP)."""
     elements = tokens * m.vocab_size / par.tp
-    kept = (COMPUTE_BYTES + FP32) * elements
-    return in_flight * kept + (FP32 + COMPUTE_BYTES) * elements
+    backward = FP32 + COMPUTE_BYTES + (FP32 if par.tp > 1 else 0)
+    return in_flight * (COMPUTE_BYTES + FP32) * elements, backward * elements

@@ -17,10 +17,11 @@
 * ``activations``: what autograd keeps per micro-batch in flight (``plan.activations``, per
   ``activation_checkpoint`` mode) times the micro-batches the schedule holds on this rank
   (``plan.layout.in_flight_micro_batches``), plus the stage's received input and kept output.
-* ``working``: one block's backward — its activations (recomputed under checkpointing) and their
-  gradients.
-* ``logits``: on the last stage, the bf16 logits, the fp32 log-softmax and its gradient of one
-  micro-batch (vocab-sharded over ``tp`` by ``loss_parallel``).
+* ``working``: the largest transient of the backward, which come one after another: one block's
+  recomputed activations and gradients, the loss's fp32 and bf16 logit gradients, or (without
+  accumulation) one FSDP unit's bf16 gradient and fp32 reduce-scatter input.
+* ``logits``: on the last stage, the bf16 logits and the fp32 log-softmax the loss keeps, per
+  micro-batch in flight (vocab-sharded over ``tp`` by ``loss_parallel``).
 
 Checked against PyTorch's MemTracker on the real parallelized model under fake tensors
 (``train/memory_measure.py``, tests/test_memory_tracker.py). Allocator fragmentation, NCCL buffers and
@@ -33,7 +34,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ..config import TrainConfig
-from .activations import block_activation_bytes, block_working_bytes, kept_block_bytes, logits_bytes
+from .activations import (block_activation_bytes, block_working_bytes, is_checkpointed, kept_block_bytes,
+                          logits_bytes)
 from .layout import (ADAM_BYTES, COMPUTE_BYTES, GRAD_BYTES, MASTER_BYTES, GiB, StageParams, block_params,
                      embedding_params, layout_name,
                      model_stage_ranges, stage_params, stages_of_rank, step_micro_batches, in_flight_micro_batches)
@@ -126,12 +128,15 @@ def _fsdp_terms(cfg: TrainConfig, sp: StageParams, head: float, n_micro: int) ->
     else:
         gathered = COMPUTE_BYTES * (2 * sp.block + head)
     accumulating = par.pp > 1 or (par.fsdp_grad_sync == "last" and n_micro > 1)
-    if accumulating:
-        unsharded = REDUCE_BYTES * (sp.total + embedding_grad)
-    else:  # one unit's bf16 gradient and its fp32 copy for the reduce-scatter at a time
-        largest = max(sp.block, head, embedding_params(m) if sp.has_embedding and par.tp > 1 else 0.0)
-        unsharded = (REDUCE_BYTES + COMPUTE_BYTES) * largest
+    unsharded = REDUCE_BYTES * (sp.total + embedding_grad) if accumulating else 0.0
     return {"gathered_params": gathered, "unsharded_grads": unsharded}
+
+
+def _unit_reduce_bytes(cfg: TrainConfig, sp: StageParams, head: float) -> float:
+    """Without accumulation: the largest FSDP unit's bf16 gradient and its fp32 reduce-scatter input."""
+    par, m = cfg.parallel, cfg.model
+    largest = max(sp.block, head, embedding_params(m) if sp.has_embedding and par.tp > 1 else 0.0)
+    return (REDUCE_BYTES + COMPUTE_BYTES) * largest
 
 
 def rank_plan(cfg: TrainConfig, pp_rank: int) -> RankPlan:
@@ -143,10 +148,12 @@ def rank_plan(cfg: TrainConfig, pp_rank: int) -> RankPlan:
     shards = par.dp_shard if par.dp_engine == "fsdp" else 1
     local = int(-(-sp.total // shards))
     pipelined = par.pp > 1
+    fsdp = par.dp_engine == "fsdp" and par.dp > 1
     head = (m.hidden_size + m.vocab_size * m.hidden_size / par.tp) if sp.has_output else 0.0
     terms: Dict[str, float] = {
         "weights": MASTER_BYTES * local,
-        "grads": 0 if pipelined else GRAD_BYTES * local,
+        # Under PP, FSDP's sharded gradients appear only at the final reduce (unsharded_grads until then).
+        "grads": 0 if pipelined and fsdp else GRAD_BYTES * local,
         "optimizer": ADAM_BYTES * local,
         **_fsdp_terms(cfg, sp, head, n_micro),
     }
@@ -157,12 +164,28 @@ def rank_plan(cfg: TrainConfig, pp_rank: int) -> RankPlan:
     for local_index, stage in enumerate(stages):
         layer_ids = list(ranges[stage])
         per_micro = sum(kept_block_bytes(m, par, tokens, layer) for layer in layer_ids)
-        if pipelined:  # the received input and the kept output of the stage (the schedule's fwd_cache)
-            per_micro += (int(stage > 0) + int(stage < len(ranges) - 1)) * block_activation_bytes(m, par, tokens, "boundary")
+        if pipelined:  # the kept output and the received input (the schedule's fwd_cache) of the stage
+            boundaries = int(stage < len(ranges) - 1)
+            # The received input is the first block's input: a checkpointed block keeps it already.
+            if stage > 0 and not is_checkpointed(par, layer_ids[0]):
+                boundaries += 1
+            per_micro += boundaries * block_activation_bytes(m, par, tokens, "boundary")
         kept += in_flight[local_index] * per_micro
     terms["activations"] = kept
-    terms["working"] = block_working_bytes(m, par, tokens) if sp.layers else 0
-    terms["logits"] = logits_bytes(m, par, tokens, in_flight[-1] if pipelined else 1) if sp.has_output else 0
+    # The backward's largest transient: a block's recompute and gradients, the loss's fp32/bf16 logit
+    # gradients, or (without accumulation) one unit's gradient reduction; they come one after another.
+    kept_logits, logits_backward = logits_bytes(m, par, tokens, in_flight[-1] if pipelined else 1) \
+        if sp.has_output else (0.0, 0.0)
+    accumulating = pipelined or (par.fsdp_grad_sync == "last" and n_micro > 1)
+    transients = [block_working_bytes(m, par, tokens) if sp.layers else 0.0, logits_backward]
+    if fsdp and not accumulating:
+        transients.append(_unit_reduce_bytes(cfg, sp, head))
+    elif fsdp:  # a unit's bf16 gradient before FSDP adds it to the fp32 accumulator
+        transients[1] += COMPUTE_BYTES * head     # the output projection's, while the logit gradients live
+        if sp.has_embedding:
+            transients.append(COMPUTE_BYTES * embedding_params(m) / (1 if par.tp > 1 else par.tp))
+    terms["working"] = max(transients)
+    terms["logits"] = kept_logits
     return RankPlan(pp_rank, stages, sp.layers, local, in_flight, {k: int(terms.get(k, 0)) for k in COMPONENTS})
 
 

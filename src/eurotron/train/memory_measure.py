@@ -43,8 +43,6 @@ from ..plan.layout import schedule_order, step_micro_batches
 from .loss import summed_cross_entropy
 
 CPU = torch.device("cpu")
-import os
-_DEBUG = bool(os.environ.get("EUROTRON_MEMDEBUG"))
 
 
 class _StepTracker(MemTracker):
@@ -111,9 +109,10 @@ class MeasuredRank:
 
 
 def measurement_config(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` as measured: causal attention (no CPU dense document mask; see the module docstring)."""
+    """``cfg`` as measured: causal attention (no CPU dense document mask; see the module docstring) and
+    eager blocks (per-block compile fuses elementwise ops, so compiled runs keep at most this much)."""
     model = dataclasses.replace(cfg.model, document_masking=False, sliding_window=0, attention="sdpa")
-    return dataclasses.replace(cfg, model=model)
+    return dataclasses.replace(cfg, model=model, parallel=dataclasses.replace(cfg.parallel, compile=False))
 
 
 def measure_rank(cfg: TrainConfig, pp_rank: int) -> MeasuredRank:
@@ -137,10 +136,12 @@ def measure_rank(cfg: TrainConfig, pp_rank: int) -> MeasuredRank:
             optimizer = torch.optim.AdamW([p for part in model.parts for p in part.parameters()], lr=1e-4,
                                           foreach=False, fused=False)
             tracker.track_external(*model.parts, optimizer)
-            _run_step(model, cfg, pp_rank, tracker, optimizer)   # first step: creates AdamW's state
-            tracker._peak_mem = {}
+            # A short first step (one micro-batch per local stage) creates AdamW's state; then the
+            # measured, steady-state step.
+            warm_up = [(a, local) for local in range(len(model.parts)) for a in "FB"]
+            _run_step(model, cfg, tracker, optimizer, warm_up)
             tracker.phase_peaks = {}
-            _run_step(model, cfg, pp_rank, tracker, optimizer)   # the measured, steady-state step
+            _run_step(model, cfg, tracker, optimizer, schedule_order(par, step_micro_batches(cfg), pp_rank))
         peak = max(tracker.phase_peaks.values())
         return MeasuredRank(pp_rank, rank, peak, dict(tracker.phase_peaks))
     finally:
@@ -180,14 +181,14 @@ def _stage_input(model: ParallelModel, cfg: TrainConfig, stage: int, ids: torch.
                        device=CPU, requires_grad=True)
 
 
-def _run_step(model: ParallelModel, cfg: TrainConfig, pp_rank: int, tracker: _StepTracker,
-              optimizer: torch.optim.Optimizer) -> None:
+def _run_step(model: ParallelModel, cfg: TrainConfig, tracker: _StepTracker, optimizer: torch.optim.Optimizer,
+              order: List[Tuple[str, int]]) -> None:
+    """Forward ("F") and backward ("B") steps of the rank's local stages in ``order``, the gradient
+    reduction and AdamW."""
     par = cfg.parallel
     pipelined = par.pp > 1
-    n_micro = step_micro_batches(cfg)
     last_stage = len(model.layer_ranges) - 1
     in_flight: Dict[int, List[tuple]] = {i: [] for i in range(len(model.parts))}
-    order = schedule_order(par, n_micro, pp_rank)
     backwards_left = {i: sum(1 for a, s in order if a == "B" and s == i) for i in in_flight}
     ids, positions, labels, mask = _micro_batch(cfg)
     for action, local in order:
@@ -198,8 +199,6 @@ def _run_step(model: ParallelModel, cfg: TrainConfig, pp_rank: int, tracker: _St
                 out = part(_stage_input(model, cfg, stage, ids), positions)
                 loss = local_loss(summed_cross_entropy(out, labels, mask)) if stage == last_stage else None
             in_flight[local].append((out, loss))
-            if _DEBUG:
-                print("F", local, round(tracker.current_bytes() / 2**30, 3), flush=True)
             continue
         tracker.phase = "backward"
         out, loss = in_flight[local].pop(0)
@@ -211,11 +210,6 @@ def _run_step(model: ParallelModel, cfg: TrainConfig, pp_rank: int, tracker: _St
             else:
                 out.backward(torch.ones_like(out))
         del out, loss
-        if _DEBUG:
-            print("B", local, round(tracker.current_bytes() / 2**30, 3), flush=True)
-    if _DEBUG:
-        sizes = sorted((w.mem_consumed, str(w.reftype)) for w, _ in tracker._WINFO.values())[-8:]
-        print("largest", [(round(a / 2**30, 3), b) for a, b in sizes])
     if pipelined:
         tracker.phase = "reduce"
         for part in model.parts:
