@@ -1,6 +1,7 @@
 """The layout model (plan/layout.py): torch-free, and the one source of schedules, splits and counts."""
 
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -48,3 +49,13 @@ def test_stage_params_add_up_to_the_model():
         assert sum(stage_params(m, par, r).total for r in range(par.pp)) == total_params(m)
         assert sorted(s for r in range(par.pp) for s in stages_of_rank(r, par)) == \
             list(range(par.pp * par.pp_virtual_stages if par.pp > 1 else 1))
+
+
+def test_lower_floors_do_not_import_higher_ones():
+    """plan/ imports neither torch nor parallel/; parallel/ imports nothing from train/ (DESIGN.md)."""
+    src = Path(__file__).resolve().parents[1] / "src" / "eurotron"
+    for path in (src / "parallel").glob("*.py"):
+        assert "..train" not in path.read_text(), path
+    for path in (src / "plan").glob("*.py"):
+        text = path.read_text()
+        assert "import torch" not in text and "..parallel" not in text, path

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterable, List, Optional
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 from .config import ConfigError, TrainConfig
 from .model.linear import CPU_MATMUL_BACKENDS, onednn_available
@@ -37,6 +37,49 @@ RESUME_MODES = ("auto", "never", "restart")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 GENERATION_STRATEGIES = ("greedy", "top_p")
 NONFINITE_MODES = ("skip", "stop")
+
+
+# Every choice-valued key of the training config and its allowed values, checked in one loop
+# (check_choices; launch/validation.py passes its own keys through the same function).
+TRAIN_CHOICES: Tuple[Tuple[str, Iterable[str]], ...] = (
+    ("model.family", MODEL_FAMILIES),
+    ("model.mlp", MLP_KINDS),
+    ("model.rope_scaling.type", ROPE_SCALINGS),
+    ("model.attention", ATTENTION_BACKENDS),
+    ("parallel.dp_engine", DP_ENGINES),
+    ("parallel.pp_schedule", SCHEDULES),
+    ("parallel.activation_checkpoint", AC_MODES),
+    ("parallel.fsdp_grad_sync", FSDP_GRAD_SYNCS),
+    ("parallel.fsdp_reshard_after_forward", FSDP_RESHARD_CHOICES),
+    ("loss.name", LOSSES),
+    ("loss.strategy", GOLDFISH_STRATEGIES),
+    ("optim.name", OPTIMIZERS),
+    ("optim.implementation", OPTIM_IMPLEMENTATIONS),
+    ("scheduler.name", SCHEDULERS),
+    ("scheduler.decay_shape", DECAY_SHAPES),
+    ("train.precision", PRECISIONS),
+    ("checkpoint.resume", RESUME_MODES),
+    ("logging.wandb_settings.mode", WANDB_MODES),
+    ("cluster.device", DEVICES),
+    ("cluster.backend", BACKENDS),
+    ("cluster.cpu_matmul", CPU_MATMUL_BACKENDS),
+    ("generate.strategy", GENERATION_STRATEGIES),
+    ("train.nonfinite", NONFINITE_MODES),
+)
+
+
+def _dotted(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def check_choices(cfg: Any, p: "_Problems", table: Sequence[Tuple[str, Iterable[str]]]) -> None:
+    """Each key of ``table`` holds one of its allowed values. YAML's true/false reach a str field as
+    "True"/"False" (fsdp_reshard_after_forward): compared in lower case."""
+    for key, allowed in table:
+        value = _dotted(cfg, key)
+        p.choice(key, str(value).lower() if str(value) in ("True", "False") else value, allowed)
 
 
 class _Problems:
@@ -91,10 +134,6 @@ ROPE_THETA_RANGE = (1.0, 1e12)
 
 def _check_model(cfg: TrainConfig, p: _Problems) -> None:
     m = cfg.model
-    p.choice("model.family", m.family, MODEL_FAMILIES)
-    p.choice("model.mlp", m.mlp, MLP_KINDS)
-    p.choice("model.rope_scaling.type", m.rope_scaling.type, ROPE_SCALINGS)
-    p.choice("model.attention", m.attention, ATTENTION_BACKENDS)
     if m.attention == "flex" and cfg.cluster.device == "cpu":
         p.add("model.attention", "flex", "needs a GPU (torch 2.13 has no FlexAttention backward on CPU); "
               "use model.attention=auto or sdpa with cluster.device=cpu (the dense reference path)")
@@ -147,12 +186,6 @@ def _check_parallel(cfg: TrainConfig, p: _Problems) -> None:
         p.positive(f"parallel.{k}", getattr(par, k))
         for k in ("tp", "pp", "dp_shard", "dp_replicate", "pp_virtual_stages", "activation_checkpoint_every")
     )
-    p.choice("parallel.dp_engine", par.dp_engine, DP_ENGINES)
-    p.choice("parallel.pp_schedule", par.pp_schedule, SCHEDULES)
-    p.choice("parallel.activation_checkpoint", par.activation_checkpoint, AC_MODES)
-    p.choice("parallel.fsdp_grad_sync", par.fsdp_grad_sync, FSDP_GRAD_SYNCS)
-    # YAML's true/false reach a str field as "True"/"False": accepted in any case (parallel/data.py).
-    p.choice("parallel.fsdp_reshard_after_forward", str(par.fsdp_reshard_after_forward).lower(), FSDP_RESHARD_CHOICES)
     if not dims_ok or m.num_heads <= 0 or m.num_kv_heads <= 0:
         return
     for key, value in (("model.num_heads", m.num_heads), ("model.num_kv_heads", m.num_kv_heads),
@@ -260,8 +293,6 @@ def _check_blend(blend, p: _Problems) -> None:
 
 
 def _check_loss_optim_schedule(cfg: TrainConfig, p: _Problems) -> None:
-    p.choice("loss.name", cfg.loss.name, LOSSES)
-    p.choice("loss.strategy", cfg.loss.strategy, GOLDFISH_STRATEGIES)
     if cfg.loss.name == "goldfish":
         if cfg.loss.k < 2:
             p.add("loss.k", cfg.loss.k, "must be >= 2 (one token in k is dropped; k=1 would drop every token)")
@@ -274,8 +305,6 @@ def _check_loss_optim_schedule(cfg: TrainConfig, p: _Problems) -> None:
                   f"exceeds data.seq_len={cfg.data.seq_len}: the first h-1 positions of a row are never dropped, "
                   f"so Goldfish would drop nothing; lower loss.h")
     o = cfg.optim
-    p.choice("optim.name", o.name, OPTIMIZERS)
-    p.choice("optim.implementation", o.implementation, OPTIM_IMPLEMENTATIONS)
     p.positive("optim.lr", o.lr)
     p.positive("optim.eps", o.eps)
     p.positive("optim.weight_decay", o.weight_decay, allow_zero=True)
@@ -284,8 +313,6 @@ def _check_loss_optim_schedule(cfg: TrainConfig, p: _Problems) -> None:
         if not 0.0 <= beta < 1.0:
             p.add(key, beta, "must be in [0, 1)")
     s = cfg.scheduler
-    p.choice("scheduler.name", s.name, SCHEDULERS)
-    p.choice("scheduler.decay_shape", s.decay_shape, DECAY_SHAPES)
     if p.positive("scheduler.warmup_steps", s.warmup_steps, allow_zero=True) and s.warmup_steps >= cfg.train.steps > 0:
         p.add("scheduler.warmup_steps", s.warmup_steps, f"must be smaller than train.steps={cfg.train.steps}")
     if not 0.0 <= s.min_lr_ratio <= 1.0:
@@ -298,27 +325,20 @@ def _check_run(cfg: TrainConfig, p: _Problems) -> None:
     p.positive("train.steps", cfg.train.steps)
     p.positive("train.seed", cfg.train.seed, allow_zero=True)
     p.positive("train.stop_after", cfg.train.stop_after, allow_zero=True)
-    p.choice("train.precision", cfg.train.precision, PRECISIONS)
     _check_guards(cfg, p)
     p.positive("checkpoint.every", cfg.checkpoint.every, allow_zero=True)
     p.positive("checkpoint.keep_last", cfg.checkpoint.keep_last)
-    p.choice("checkpoint.resume", cfg.checkpoint.resume, RESUME_MODES)
     p.positive("eval.every", cfg.eval.every, allow_zero=True)
     p.positive("eval.batches", cfg.eval.batches)
     p.positive("logging.log_every", cfg.logging.log_every)
-    p.choice("logging.wandb_settings.mode", cfg.logging.wandb_settings.mode, WANDB_MODES)
-    p.choice("cluster.device", cfg.cluster.device, DEVICES)
-    p.choice("cluster.backend", cfg.cluster.backend, BACKENDS)
     if cfg.cluster.peak_flops is not None:  # null: detected at run time (train/mfu.py)
         p.positive("cluster.peak_flops", cfg.cluster.peak_flops)
     _check_float8(cfg, p)
     p.positive("cluster.cpu_threads", cfg.cluster.cpu_threads, allow_zero=True)
-    p.choice("cluster.cpu_matmul", cfg.cluster.cpu_matmul, CPU_MATMUL_BACKENDS)
     p.positive("cluster.collective_timeout_minutes", cfg.cluster.collective_timeout_minutes)
     if cfg.cluster.cpu_matmul == "onednn" and cfg.cluster.device == "cpu" and not onednn_available():
         p.add("cluster.cpu_matmul", "onednn", "this PyTorch build has no oneDNN; use cluster.cpu_matmul=aten")
     g = cfg.generate
-    p.choice("generate.strategy", g.strategy, GENERATION_STRATEGIES)
     p.positive("generate.max_new_tokens", g.max_new_tokens)
     p.positive("generate.temperature", g.temperature)
     p.positive("generate.repetition_penalty", g.repetition_penalty)
@@ -345,7 +365,6 @@ def _check_float8(cfg: TrainConfig, p: _Problems) -> None:
 def _check_guards(cfg: TrainConfig, p: _Problems) -> None:
     """The training loop's non-finite guard, loss-spike rule and hang watchdog (train.*)."""
     t = cfg.train
-    p.choice("train.nonfinite", t.nonfinite, NONFINITE_MODES)
     p.positive("train.max_nonfinite_steps", t.max_nonfinite_steps)
     for key, value in (("train.spike_sigma", t.spike_sigma), ("train.hang_timeout_s", t.hang_timeout_s),
                        ("train.hang_timeout_save_s", t.hang_timeout_save_s)):
@@ -359,6 +378,7 @@ def validate_train_config(cfg: TrainConfig, world_size: Optional[int] = None) ->
     """Raise ConfigError listing every problem; `world_size` is checked against the mesh when given."""
     p = _Problems()
     _check_finite(cfg, "", p)
+    check_choices(cfg, p, TRAIN_CHOICES)
     _check_model(cfg, p)
     _check_parallel(cfg, p)
     _check_parallel_composition(cfg, p)

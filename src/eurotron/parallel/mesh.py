@@ -166,10 +166,6 @@ class ParallelMesh:
     def pp_rank(self) -> int:
         return self.local_rank("pp")
 
-    @property
-    def tp_rank(self) -> int:
-        return self.local_rank("tp")
-
     def rank_at(self, pp: int, dp_replicate: int, dp_shard: int, tp: int) -> int:
         """Global rank at a mesh coordinate (Megatron order: tp fastest, pp slowest)."""
         c = self.cfg

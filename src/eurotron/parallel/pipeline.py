@@ -35,7 +35,7 @@ from torch.distributed.pipelining.schedules import PipelineScheduleSingle, get_s
 from ..config import ModelConfig
 from ..model.transformer import Transformer, build_model
 from ..plan.layout import num_stages, schedule, stage_layer_counts, stage_layer_ranges, stage_to_rank, stages_of_rank
-from ..train.loss import IGNORE_INDEX, masked_labels, summed_cross_entropy
+from ..model.loss import IGNORE_INDEX, masked_labels, summed_cross_entropy
 from .data import unwrap
 from .mesh import ParallelMesh
 from .tensor import local_loss, loss_context

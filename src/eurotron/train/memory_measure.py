@@ -40,7 +40,7 @@ from ..parallel.mesh import build_mesh
 from ..parallel.parallelize import ParallelModel, parallelize
 from ..parallel.tensor import local_loss, loss_context
 from ..plan.layout import schedule_order, step_micro_batches
-from .loss import summed_cross_entropy
+from ..model.loss import summed_cross_entropy
 
 CPU = torch.device("cpu")
 
