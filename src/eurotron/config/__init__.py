@@ -1,9 +1,9 @@
 """Structured config schema for every eurotron app, registered in Hydra's ConfigStore.
 
 One module per application — ``train`` (eurotron-train / -launch; its ``cluster`` group in
-``cluster``), ``prepare`` and ``summary`` — all re-exported here. The dataclasses are the single source of truth for which keys exist and what type they have:
-Hydra composes the YAML tree in ``configs/`` on top of them, so a misspelt key or a wrong type fails
-at composition. ``validate_train_config`` then checks what types cannot express (divisibility,
+``cluster``), ``prepare`` and ``summary`` — all re-exported here. The dataclasses are the single
+source of truth for which keys exist and what type they have: Hydra composes the YAML tree in
+``configs/`` on top of them, so a misspelt key or a wrong type fails at composition. ``validate_train_config`` then checks what types cannot express (divisibility,
 limits, consistency between groups) before any work starts, and names the bad value and the fix.
 """
 
@@ -21,14 +21,16 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException, Vali
 from omegaconf.nodes import BooleanNode
 
 from ..errors import UserError
-from .cluster import (ClusterConfig, ContainerConfig, LauncherConfig, PartitionLimits, SlurmConfig,  # noqa: F401
-                      StorageConfig)
-from .prepare import (DedupConfig, FiltersConfig, OptOutConfig, PiiConfig, PrepareConfig, SourceConfig,  # noqa: F401
-                      TokenizerConfig)
+# Re-exported: callers import every schema from eurotron.config.
+from .cluster import (ClusterConfig, ContainerConfig, LauncherConfig, PartitionLimits,  # noqa: F401
+                      SlurmConfig, StorageConfig)
+from .prepare import (AI_CRAWLER_AGENTS, DedupConfig, FiltersConfig, OptOutConfig,  # noqa: F401
+                      PiiConfig, PrepareConfig, SourceConfig, TokenizerConfig)
 from .summary import SummaryConfig, SummaryModelConfig, SummaryProviderConfig  # noqa: F401
-from .train import (BlendSourceConfig, CheckpointConfig, DataConfig, EvalConfig, GenerateConfig,  # noqa: F401
-                    LaunchConfig, LoggingConfig, LossConfig, ModelConfig, OptimConfig, ParallelConfig,
-                    RopeScalingConfig, SchedulerConfig, TrainConfig, TrainingConfig, WandbConfig)
+from .train import (BlendSourceConfig, CheckpointConfig, DataConfig, EvalConfig,  # noqa: F401
+                    GenerateConfig, LaunchConfig, LoggingConfig, LossConfig, ModelConfig, OptimConfig,
+                    ParallelConfig, RopeScalingConfig, SchedulerConfig, TrainConfig, TrainingConfig,
+                    WandbConfig)
 
 
 class ConfigError(UserError, ValueError):

@@ -63,7 +63,8 @@ def block_activation_bytes(m: ModelConfig, par: ParallelConfig, tokens: int, mod
 def is_checkpointed(par: ParallelConfig, layer_id: int) -> bool:
     """Whether block ``layer_id`` runs under torch.utils.checkpoint (parallel/activation.checkpointed_layers)."""
     mode = par.activation_checkpoint
-    return mode in ("full", "selective_op") or (mode == "selective" and layer_id % max(par.activation_checkpoint_every, 1) == 0)
+    every = max(par.activation_checkpoint_every, 1)
+    return mode in ("full", "selective_op") or (mode == "selective" and layer_id % every == 0)
 
 
 def kept_block_bytes(m: ModelConfig, par: ParallelConfig, tokens: int, layer_id: int) -> float:
