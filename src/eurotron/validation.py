@@ -15,7 +15,8 @@ from .config import ConfigError, TrainConfig
 from .model.linear import CPU_MATMUL_BACKENDS, onednn_available
 from .model.masks import ATTENTION_BACKENDS
 from .plan.gpus import match_gpu
-from .plan.layout import MULTI_STAGE_SCHEDULES, SCHEDULES, num_stages, step_micro_batches, world_size_problem
+from .plan.layout import (MULTI_STAGE_SCHEDULES, SCHEDULES, num_stages, sequences_per_micro_step, step_micro_batches,
+                          world_size_problem)
 
 MODEL_FAMILIES = ("llama", "mistral", "apertus")
 MLP_KINDS = ("swiglu", "xielu")
@@ -248,7 +249,7 @@ def _check_parallel_composition(cfg: TrainConfig, p: _Problems) -> None:
     if cfg.cluster.backend == "nccl" and cfg.cluster.device == "cpu":
         p.add("cluster.backend", "nccl", "needs GPUs; use cluster.backend=gloo (or auto) with cluster.device=cpu")
     if par.pp > 1 and spec is not None and d.micro_batch_size > 0 and d.global_batch_size > 0 \
-            and d.global_batch_size % (d.micro_batch_size * par.dp) == 0:  # else reported by _check_data
+            and d.global_batch_size % sequences_per_micro_step(d.micro_batch_size, par.dp) == 0:  # else _check_data
         n_micro = step_micro_batches(cfg)
         problem = spec.micro_batch_problem(n_micro, par.pp)
         if problem:
@@ -272,7 +273,7 @@ def _check_data(cfg: TrainConfig, p: _Problems) -> None:
               f"exceeds model.max_seq_len={cfg.model.max_seq_len} (the RoPE limit); lower data.seq_len "
               f"or raise model.max_seq_len")
     dp = max(par.dp, 1)
-    per_step = d.micro_batch_size * dp
+    per_step = sequences_per_micro_step(d.micro_batch_size, dp)
     if d.global_batch_size % per_step:
         p.add("data.global_batch_size", d.global_batch_size,
               f"must be a multiple of data.micro_batch_size x data-parallel size = {d.micro_batch_size} x {dp} "

@@ -9,6 +9,7 @@ import torch.distributed as dist
 
 from ..config import TrainConfig
 from ..plan.layout import STATE_BYTES_PER_PARAM, layout_name, stage_to_rank, step_micro_batches
+from ..plan.memory import estimate_memory
 from .activation import checkpointed_layers
 
 
@@ -65,12 +66,15 @@ def format_layout(cfg: TrainConfig, ranges: Sequence[range], per_rank: Sequence[
             rank = stage_to_rank(stage, par.pp, par.pp_schedule)
             lines.append(f"    stage {stage} on pp rank {rank}: {stage_contents(ranges, stage)}")
     per_stage = max(1, len(per_rank) // par.pp)
+    estimate = estimate_memory(cfg)
     for pp_rank in range(par.pp):
         counts = per_rank[pp_rank * per_stage:(pp_rank + 1) * per_stage]
         lo, hi = min(counts), max(counts)
         span = f"{lo:,}" if lo == hi else f"{lo:,} - {hi:,}"
         label = f"pp rank {pp_rank}" if par.pp > 1 else "each rank" if len(per_rank) > 1 else "the rank"
+        plan = estimate.ranks[pp_rank]
         lines.append(f"  parameters on {label}: {span} (est. {human_bytes(hi * STATE_BYTES_PER_PARAM)} "
-                     f"weights + grads + AdamW at {STATE_BYTES_PER_PARAM} B/param)")
+                     f"weights + grads + AdamW at {STATE_BYTES_PER_PARAM} B/param; "
+                     f"{human_bytes(plan.total_bytes)} at the peak of a bf16 GPU step, plan/memory.py)")
     lines.append(f"  model: {cfg.model.name}, {total_params:,} parameters")
     return "\n".join(lines)

@@ -128,7 +128,13 @@ def model_stage_ranges(model: ModelConfig, par: ParallelConfig) -> List[range]:
 # ---------------------------------------------------------------------------- batch and world size
 def micro_batch_count(global_batch: int, micro_batch: int, dp: int) -> int:
     """Micro-batches per data-parallel rank and step (validation checks the division is exact)."""
-    return global_batch // max(micro_batch * max(dp, 1), 1)
+    return global_batch // max(sequences_per_micro_step(micro_batch, dp), 1)
+
+
+def sequences_per_micro_step(micro_batch: int, dp: int) -> int:
+    """Sequences one micro-batch step takes over all data-parallel ranks; the global batch must be a
+    multiple of it."""
+    return micro_batch * max(dp, 1)
 
 
 def step_micro_batches(cfg: TrainConfig) -> int:

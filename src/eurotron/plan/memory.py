@@ -36,13 +36,13 @@ from typing import Dict, List, Optional
 from ..config import TrainConfig
 from .activations import (block_activation_bytes, block_working_bytes, is_checkpointed, kept_block_bytes,
                           logits_bytes)
-from .layout import (ADAM_BYTES, COMPUTE_BYTES, GRAD_BYTES, MASTER_BYTES, GiB, StageParams, block_params,
-                     embedding_params, layout_name,
-                     model_stage_ranges, stage_params, stages_of_rank, step_micro_batches, in_flight_micro_batches)
+from .layout import (ADAM_BYTES, COMPUTE_BYTES, GRAD_BYTES, MASTER_BYTES, GiB, StageParams, embedding_params,
+                     in_flight_micro_batches, layout_name, model_stage_ranges, stage_params, stages_of_rank,
+                     step_micro_batches)
 
 COMPONENTS = ("weights", "grads", "optimizer", "gathered_params", "unsharded_grads", "activations", "working",
               "logits")
-REDUCE_BYTES = 4                # FSDP reduces gradients in fp32 (MixedPrecisionPolicy.reduce_dtype)
+REDUCE_BYTES = GRAD_BYTES      # FSDP reduces and accumulates gradients in fp32 (its reduce_dtype)
 
 
 @dataclass
@@ -107,36 +107,76 @@ class MemoryEstimate:
         return "\n".join(lines)
 
 
+def _uses_fsdp(cfg: TrainConfig) -> bool:
+    return cfg.parallel.dp_engine == "fsdp" and cfg.parallel.dp > 1
+
+
+def _accumulates_unsharded(cfg: TrainConfig, n_micro: int) -> bool:
+    """FSDP keeps unsharded fp32 gradients between backwards: always under PP (the schedule reduces
+    after its last micro-batch), and with fsdp_grad_sync=last over several micro-batches."""
+    par = cfg.parallel
+    return _uses_fsdp(cfg) and (par.pp > 1 or (par.fsdp_grad_sync == "last" and n_micro > 1))
+
+
+def _embedding_grad_params(cfg: TrainConfig, sp: StageParams) -> float:
+    """Elements of the embedding's unsharded gradient on one rank: the whole ``vocab x hidden`` table
+    even under TP — DTensor has no row-wise strategy for the embedding backward, so the gradient is a
+    Partial of the full table until FSDP's reduction redistributes it (torch's ``_embedding_ops.py``)."""
+    return embedding_params(cfg.model) if sp.has_embedding else 0.0
+
+
 def _fsdp_terms(cfg: TrainConfig, sp: StageParams, head: float, n_micro: int) -> Dict[str, float]:
     """gathered_params and unsharded_grads (bytes) of one rank; ``head`` is the [norm, output] unit's
-    parameter count per TP rank.
-
-    The vocab-parallel embedding's gradient is the exception to "per TP rank": DTensor has no row-wise
-    strategy for the embedding backward, so its gradient is a Partial of the whole ``vocab x hidden``
-    table on every TP rank until FSDP's reduction redistributes it (``_embedding_ops.py``).
-    """
-    par, m = cfg.parallel, cfg.model
-    fsdp = par.dp_engine == "fsdp" and par.dp > 1
-    reshard = str(par.fsdp_reshard_after_forward).lower()
-    embedding_grad = embedding_params(m) * (1 - 1 / par.tp) if sp.has_embedding and par.tp > 1 else 0.0
-    if not fsdp:
-        # No FSDP: full fp32 weights; autocast's bf16 copies live through forward, and DDP's fp32
-        # gradients are part of ``grads`` (not sharded).
+    parameter count per TP rank."""
+    par = cfg.parallel
+    if not _uses_fsdp(cfg):
+        # No FSDP: full fp32 weights; autocast's bf16 copies live through forward, and the fp32
+        # gradients (DDP's too) are ``grads``.
         return {"gathered_params": COMPUTE_BYTES * sp.total, "unsharded_grads": 0.0}
-    if par.pp > 1 or reshard == "false":
+    if par.pp > 1 or str(par.fsdp_reshard_after_forward).lower() == "false":
         gathered = COMPUTE_BYTES * sp.total
-    else:
+    else:  # the running and the prefetched block, and [norm, output] (never resharded under auto)
         gathered = COMPUTE_BYTES * (2 * sp.block + head)
-    accumulating = par.pp > 1 or (par.fsdp_grad_sync == "last" and n_micro > 1)
-    unsharded = REDUCE_BYTES * (sp.total + embedding_grad) if accumulating else 0.0
+    unsharded = 0.0
+    if _accumulates_unsharded(cfg, n_micro):
+        embedding_per_tp = embedding_params(cfg.model) / par.tp if sp.has_embedding else 0.0
+        unsharded = REDUCE_BYTES * (sp.total - embedding_per_tp + _embedding_grad_params(cfg, sp))
     return {"gathered_params": gathered, "unsharded_grads": unsharded}
 
 
-def _unit_reduce_bytes(cfg: TrainConfig, sp: StageParams, head: float) -> float:
-    """Without accumulation: the largest FSDP unit's bf16 gradient and its fp32 reduce-scatter input."""
-    par, m = cfg.parallel, cfg.model
-    largest = max(sp.block, head, embedding_params(m) if sp.has_embedding and par.tp > 1 else 0.0)
-    return (REDUCE_BYTES + COMPUTE_BYTES) * largest
+def _backward_transient(cfg: TrainConfig, sp: StageParams, head: float, tokens: int, logits_backward: float,
+                        n_micro: int) -> float:
+    """The backward's largest transient on top of what is kept; they come one after another: a block's
+    recompute and gradients; the loss's logit gradients (with, under accumulation, the output
+    projection's bf16 gradient); the embedding's bf16 gradient before it is accumulated; or, without
+    accumulation, the largest FSDP unit's bf16 gradient and its fp32 reduce-scatter input."""
+    m, par = cfg.model, cfg.parallel
+    block = block_working_bytes(m, par, tokens) if sp.layers else 0.0
+    if not _uses_fsdp(cfg):
+        return max(block, logits_backward)
+    embedding = _embedding_grad_params(cfg, sp)
+    if _accumulates_unsharded(cfg, n_micro):
+        return max(block, logits_backward + COMPUTE_BYTES * head, COMPUTE_BYTES * embedding)
+    return max(block, logits_backward, (REDUCE_BYTES + COMPUTE_BYTES) * max(sp.block, head, embedding))
+
+
+def _kept_activations(cfg: TrainConfig, pp_rank: int, tokens: int, in_flight: List[int]) -> float:
+    """Activations the rank keeps: per local stage, its blocks' saved tensors times the micro-batches in
+    flight, plus under PP the stage's kept output and received input (the schedule's ``fwd_cache``)."""
+    m, par = cfg.model, cfg.parallel
+    ranges = model_stage_ranges(m, par)
+    kept = 0.0
+    for local_index, stage in enumerate(stages_of_rank(pp_rank, par)):
+        layer_ids = list(ranges[stage])
+        per_micro = sum(kept_block_bytes(m, par, tokens, layer) for layer in layer_ids)
+        if par.pp > 1:
+            boundaries = int(stage < len(ranges) - 1)
+            # The received input is the first block's input: a checkpointed block keeps it already.
+            if stage > 0 and not is_checkpointed(par, layer_ids[0]):
+                boundaries += 1
+            per_micro += boundaries * block_activation_bytes(m, par, tokens, "boundary")
+        kept += in_flight[local_index] * per_micro
+    return kept
 
 
 def rank_plan(cfg: TrainConfig, pp_rank: int) -> RankPlan:
@@ -145,48 +185,23 @@ def rank_plan(cfg: TrainConfig, pp_rank: int) -> RankPlan:
     n_micro = max(step_micro_batches(cfg), 1)
     tokens = d.micro_batch_size * d.seq_len
     sp = stage_params(m, par, pp_rank)
-    shards = par.dp_shard if par.dp_engine == "fsdp" else 1
-    local = int(-(-sp.total // shards))
-    pipelined = par.pp > 1
-    fsdp = par.dp_engine == "fsdp" and par.dp > 1
-    head = (m.hidden_size + m.vocab_size * m.hidden_size / par.tp) if sp.has_output else 0.0
+    local = int(-(-sp.total // (par.dp_shard if par.dp_engine == "fsdp" else 1)))
+    head = (m.hidden_size + embedding_params(m) / par.tp) if sp.has_output else 0.0
+    in_flight = in_flight_micro_batches(par, n_micro, pp_rank)
+    kept_logits, logits_backward = (logits_bytes(m, par, tokens, in_flight[-1] if par.pp > 1 else 1)
+                                    if sp.has_output else (0.0, 0.0))
     terms: Dict[str, float] = {
         "weights": MASTER_BYTES * local,
         # Under PP, FSDP's sharded gradients appear only at the final reduce (unsharded_grads until then).
-        "grads": 0 if pipelined and fsdp else GRAD_BYTES * local,
+        "grads": 0 if par.pp > 1 and _uses_fsdp(cfg) else GRAD_BYTES * local,
         "optimizer": ADAM_BYTES * local,
         **_fsdp_terms(cfg, sp, head, n_micro),
+        "activations": _kept_activations(cfg, pp_rank, tokens, in_flight),
+        "working": _backward_transient(cfg, sp, head, tokens, logits_backward, n_micro),
+        "logits": kept_logits,
     }
-    ranges = model_stage_ranges(m, par)
-    stages = stages_of_rank(pp_rank, par)
-    in_flight = in_flight_micro_batches(par, n_micro, pp_rank)
-    kept = 0.0
-    for local_index, stage in enumerate(stages):
-        layer_ids = list(ranges[stage])
-        per_micro = sum(kept_block_bytes(m, par, tokens, layer) for layer in layer_ids)
-        if pipelined:  # the kept output and the received input (the schedule's fwd_cache) of the stage
-            boundaries = int(stage < len(ranges) - 1)
-            # The received input is the first block's input: a checkpointed block keeps it already.
-            if stage > 0 and not is_checkpointed(par, layer_ids[0]):
-                boundaries += 1
-            per_micro += boundaries * block_activation_bytes(m, par, tokens, "boundary")
-        kept += in_flight[local_index] * per_micro
-    terms["activations"] = kept
-    # The backward's largest transient: a block's recompute and gradients, the loss's fp32/bf16 logit
-    # gradients, or (without accumulation) one unit's gradient reduction; they come one after another.
-    kept_logits, logits_backward = logits_bytes(m, par, tokens, in_flight[-1] if pipelined else 1) \
-        if sp.has_output else (0.0, 0.0)
-    accumulating = pipelined or (par.fsdp_grad_sync == "last" and n_micro > 1)
-    transients = [block_working_bytes(m, par, tokens) if sp.layers else 0.0, logits_backward]
-    if fsdp and not accumulating:
-        transients.append(_unit_reduce_bytes(cfg, sp, head))
-    elif fsdp:  # a unit's bf16 gradient before FSDP adds it to the fp32 accumulator
-        transients[1] += COMPUTE_BYTES * head     # the output projection's, while the logit gradients live
-        if sp.has_embedding:
-            transients.append(COMPUTE_BYTES * embedding_params(m) / (1 if par.tp > 1 else par.tp))
-    terms["working"] = max(transients)
-    terms["logits"] = kept_logits
-    return RankPlan(pp_rank, stages, sp.layers, local, in_flight, {k: int(terms.get(k, 0)) for k in COMPONENTS})
+    return RankPlan(pp_rank, stages_of_rank(pp_rank, par), sp.layers, local, in_flight,
+                    {k: int(terms[k]) for k in COMPONENTS})
 
 
 def estimate_memory(cfg: TrainConfig) -> MemoryEstimate:
@@ -215,4 +230,4 @@ def fit_problem(cfg: TrainConfig, est: Optional[MemoryEstimate] = None) -> Optio
             f"set parallel.activation_checkpoint=full or lower data.micro_batch_size")
 
 
-__all__ = ["COMPONENTS", "MemoryEstimate", "RankPlan", "estimate_memory", "fit_problem", "rank_plan", "block_params"]
+__all__ = ["COMPONENTS", "GiB", "MemoryEstimate", "RankPlan", "estimate_memory", "fit_problem", "rank_plan"]
