@@ -9,8 +9,9 @@ Recipes that share model, layout and batch share a measurement. Fake tensors cos
 not per byte, so the model keeps the recipe's layout (TP, PP, virtual stages, FSDP, schedule,
 micro-batches, sequence, checkpointing) but not its depth: one layer per pipeline stage, or four
 without PP — the layout model is evaluated on the same shortened model, and its per-layer terms are
-linear in the depth. One 70B layout (four recipes) and the four 8B layouts run by default (about two
-minutes on two cores); EUROTRON_FULL_MEMORY_CHECK=1 adds the other 70B layouts.
+linear in the depth. One 70B layout (four recipes), the four 8B layouts and selective_op (no recipe uses
+it) run by default (about two and a half minutes on two cores); EUROTRON_FULL_MEMORY_CHECK=1 adds the
+other 70B layouts and activation_checkpoint=none (about eight minutes in all).
 """
 
 import dataclasses
@@ -56,11 +57,9 @@ def _cases():
     return cases
 
 
-@pytest.mark.parametrize("recipe,pp_rank", _cases())
-def test_layout_model_matches_torchs_memory_tracker(recipe, pp_rank):
+def _check(cfg, recipe: str, pp_rank: int) -> None:
     from eurotron.train.memory_measure import measure_ranks
 
-    cfg = _shortened(recipe)
     (measured,) = measure_ranks(cfg, [pp_rank])
     planned = rank_plan(cfg, pp_rank)
     ratio = planned.total_bytes / measured.peak_bytes
@@ -70,12 +69,29 @@ def test_layout_model_matches_torchs_memory_tracker(recipe, pp_rank):
     assert abs(ratio - 1) <= TOLERANCE, (recipe, pp_rank, ratio, planned.format(), measured.phase_peaks)
 
 
+@pytest.mark.parametrize("recipe,pp_rank", _cases())
+def test_layout_model_matches_torchs_memory_tracker(recipe, pp_rank):
+    _check(_shortened(recipe), recipe, pp_rank)
+
+
+@pytest.mark.parametrize("recipe,mode", [
+    ("leonardo_llama3_8b", "selective_op"),   # TP2 + SP: op-level recompute (the GPU path's mode)
+    pytest.param("jupiter_llama3_8b", "none", marks=pytest.mark.skipif(
+        not FULL, reason="EUROTRON_FULL_MEMORY_CHECK=1 measures it")),
+])
+def test_checkpoint_modes_the_recipes_do_not_use(recipe, mode):
+    cfg = _shortened(recipe)
+    cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, activation_checkpoint=mode))
+    _check(cfg, f"{recipe} activation_checkpoint={mode}", 0)
+
+
 def test_the_tracker_sees_what_the_schedule_holds():
     """The check can fail: a second micro-batch in flight on pp rank 0 raises the measured peak."""
     from eurotron.train.memory_measure import measure_ranks
 
     cfg = _shortened(DEFAULT_70B)
-    small = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seq_len=1024, global_batch_size=64))
+    small = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seq_len=1024, global_batch_size=64),
+                                model=dataclasses.replace(cfg.model, num_layers=cfg.parallel.pp))
     one, = measure_ranks(dataclasses.replace(small, parallel=dataclasses.replace(
         small.parallel, pp_schedule="1f1b", pp_virtual_stages=1)), [3])
     many, = measure_ranks(dataclasses.replace(small, parallel=dataclasses.replace(
