@@ -59,3 +59,31 @@ def test_lower_floors_do_not_import_higher_ones():
     for path in (src / "plan").glob("*.py"):
         text = path.read_text()
         assert "import torch" not in text and "..parallel" not in text, path
+
+
+@pytest.mark.parametrize("pp,v,n_micro", [(4, 2, 32), (8, 2, 64), (8, 2, 32), (4, 2, 8), (4, 3, 12), (2, 2, 2)])
+def test_in_flight_micro_batches_follow_torchs_interleaved_schedule(pp, v, n_micro):
+    """The layout model's in-flight count per local stage is the peak of torch's own action list."""
+    from torch.distributed.pipelining.schedules import ScheduleInterleaved1F1B, _ComputationType
+
+    torch_schedule = ScheduleInterleaved1F1B.__new__(ScheduleInterleaved1F1B)  # the order, without stages
+    torch_schedule.n_local_stages, torch_schedule.pp_group_size, torch_schedule._n_microbatches = v, pp, n_micro
+    torch_schedule.number_of_rounds = max(1, n_micro // pp)
+    torch_schedule.microbatches_per_round = n_micro // torch_schedule.number_of_rounds
+    par = ParallelConfig(pp=pp, pp_virtual_stages=v, pp_schedule="interleaved_1f1b")
+    for rank in range(pp):
+        live, peak = [0] * v, [0] * v
+        for action in torch_schedule._calculate_single_rank_operations(rank):
+            if action is None:
+                continue
+            local = action.stage_index // pp
+            if action.computation_type == _ComputationType.FORWARD:
+                live[local] += 1
+            elif action.computation_type in (_ComputationType.FULL_BACKWARD, _ComputationType.BACKWARD_INPUT):
+                live[local] -= 1
+            if sum(live) > sum(peak):
+                peak = list(live)
+        assert in_flight_micro_batches(par, n_micro, rank) == peak, (rank, peak)
+    # 1F1B: pp - rank on a rank (warm-up pp - 1 - rank, then one forward before each backward); GPipe: all.
+    assert [in_flight_micro_batches(ParallelConfig(pp=4), 8, r) for r in range(4)] == [[4], [3], [2], [1]]
+    assert in_flight_micro_batches(ParallelConfig(pp=4, pp_schedule="gpipe"), 8, 3) == [8]

@@ -7,7 +7,9 @@ the launcher and the memory estimate (``plan/memory.py``); none of them restates
   name, resolved in ``parallel/pipeline.py``; stages per rank; loop or V placement; split backward);
 * stage layer ranges and stage <-> pipeline-rank placement;
 * the micro-batch count of a step and the world size of a layout;
-* parameters per block / embedding / output and the bytes of training state per parameter.
+* parameters per block / embedding / output and the bytes of training state per parameter;
+* the micro-batches each pipeline rank holds in flight under its schedule (checked against torch's own
+  Interleaved1F1B action lists), and the forward/backward order that reproduces its peak.
 
 Importing this module imports no torch (tests/test_plan_layout.py checks it in a fresh interpreter).
 """
@@ -44,8 +46,9 @@ class Schedule:
         """Why ``n_micro`` micro-batches per step cannot run on ``pp`` ranks, or None."""
         if n_micro < pp:
             return f"fewer than parallel.pp={pp}"
-        if self.min_micro_per_stage and n_micro < self.min_micro_per_stage * 2 * pp:
-            return f"{self.name} needs at least one per stage (2 x parallel.pp = {2 * pp})"
+        stages = (self.stages_per_rank or 1) * pp
+        if self.min_micro_per_stage and n_micro < self.min_micro_per_stage * stages:
+            return f"{self.name} needs at least one per stage ({self.stages_per_rank or 1} x parallel.pp = {stages})"
         if self.rounds:
             rounds = max(1, n_micro // pp)
             if n_micro % rounds:

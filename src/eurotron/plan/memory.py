@@ -157,7 +157,12 @@ def _backward_transient(cfg: TrainConfig, sp: StageParams, head: float, tokens: 
     embedding = _embedding_grad_params(cfg, sp)
     if _accumulates_unsharded(cfg, n_micro):
         return max(block, logits_backward + COMPUTE_BYTES * head, COMPUTE_BYTES * embedding)
-    return max(block, logits_backward, (REDUCE_BYTES + COMPUTE_BYTES) * max(sp.block, head, embedding))
+    # Reducing: the bf16 gradient, redistributed over TP first (the embedding's Partial whole table
+    # becomes its vocab shard), then copied to fp32 for the reduce-scatter.
+    unit = (REDUCE_BYTES + COMPUTE_BYTES) * max(sp.block, head, embedding / par.tp)
+    if embedding and par.tp > 1:
+        unit = max(unit, COMPUTE_BYTES * embedding + (REDUCE_BYTES + COMPUTE_BYTES) * embedding / par.tp)
+    return max(block, logits_backward, unit)
 
 
 def _kept_activations(cfg: TrainConfig, pp_rank: int, tokens: int, in_flight: List[int]) -> float:
