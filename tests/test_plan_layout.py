@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from eurotron.config import ModelConfig, ParallelConfig
-from eurotron.plan.layout import (SCHEDULES, micro_batch_count, schedule, stage_params, stages_of_rank,
-                                  total_params, world_size_problem)
+from eurotron.plan.layout import (SCHEDULES, in_flight_micro_batches, micro_batch_count, schedule, stage_params,
+                                  stages_of_rank, total_params, world_size_problem)
 
 
 def test_importing_the_plan_imports_no_torch():
