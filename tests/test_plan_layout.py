@@ -87,3 +87,18 @@ def test_in_flight_micro_batches_follow_torchs_interleaved_schedule(pp, v, n_mic
     # 1F1B: pp - rank on a rank (warm-up pp - 1 - rank, then one forward before each backward); GPipe: all.
     assert [in_flight_micro_batches(ParallelConfig(pp=4), 8, r) for r in range(4)] == [[4], [3], [2], [1]]
     assert in_flight_micro_batches(ParallelConfig(pp=4, pp_schedule="gpipe"), 8, 3) == [8]
+
+
+def test_the_layout_object_answers_from_the_functions():
+    from eurotron.compose import compose_train
+    from eurotron.plan.layout import Layout
+    from eurotron.plan.memory import estimate_memory
+
+    cfg, _ = compose_train(["experiment=meluxina_llama3_70b", "data.path=/d"])
+    layout = Layout.from_config(cfg)
+    assert (layout.world_size, layout.num_stages, layout.micro_batches) == (256, 16, 64)
+    assert layout.schedule.torch_class == "Interleaved1F1B" and layout.stages_of(0) == [0, 8]
+    assert [len(r) for r in layout.stage_ranges] == [5] * 16 and layout.rank_of(9) == 1
+    plans = estimate_memory(cfg).ranks
+    assert [p.in_flight for p in plans] == [layout.in_flight(r) for r in range(8)]
+    assert plans[0].layers == layout.params(0).layers == 10

@@ -272,3 +272,38 @@ def schedule_order(par: ParallelConfig, n_micro: int, pp_rank: int) -> List[Tupl
     for local in reversed(range(len(live))):
         steps += [("B", local)] * live[local]
     return steps
+
+
+# --------------------------------------------------------------------------------- one object
+@dataclass(frozen=True)
+class Layout:
+    """A training layout as the planner sees it, built from a config by the functions above (no
+    arithmetic of its own): for the throughput model and the CLI to read rather than recompute."""
+
+    cfg: TrainConfig
+    schedule: Optional[Schedule]       # None without PP
+    world_size: int
+    num_stages: int
+    stage_ranges: Tuple[range, ...]    # layer range of every stage
+    micro_batches: int                 # per data-parallel rank and step
+    tokens_per_micro_batch: int
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> "Layout":
+        par = cfg.parallel
+        return cls(cfg, schedule(par.pp_schedule) if par.pp > 1 else None, par.world_size, num_stages(par),
+                   tuple(model_stage_ranges(cfg.model, par)), step_micro_batches(cfg),
+                   cfg.data.micro_batch_size * cfg.data.seq_len)
+
+    def stages_of(self, pp_rank: int) -> List[int]:
+        return stages_of_rank(pp_rank, self.cfg.parallel)
+
+    def rank_of(self, stage: int) -> int:
+        par = self.cfg.parallel
+        return stage_to_rank(stage, par.pp, par.pp_schedule) if par.pp > 1 else 0
+
+    def params(self, pp_rank: int) -> StageParams:
+        return stage_params(self.cfg.model, self.cfg.parallel, pp_rank)
+
+    def in_flight(self, pp_rank: int) -> List[int]:
+        return in_flight_micro_batches(self.cfg.parallel, self.micro_batches, pp_rank)
