@@ -27,7 +27,7 @@ import torch
 from eurotron.config import ModelConfig, OptimConfig
 from eurotron.model import build_model, count_parameters
 from eurotron.train.checkpoint import CheckpointManager
-from eurotron.train.loss import summed_cross_entropy
+from eurotron.model.loss import summed_cross_entropy
 from eurotron.train.optim import build_optimizer
 
 SHAPE = dict(vocab_size=32000, hidden_size=1024, num_layers=20, num_heads=16, num_kv_heads=8, ffn_hidden_size=2816)

@@ -22,7 +22,7 @@ import torch
 from eurotron.config import ModelConfig, OptimConfig
 from eurotron.model import build_model
 from eurotron.model.linear import linear, set_cpu_matmul
-from eurotron.train.loss import summed_cross_entropy
+from eurotron.model.loss import summed_cross_entropy
 from eurotron.train.optim import build_optimizer
 
 SHAPE = dict(vocab_size=32000, hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, ffn_hidden_size=1536)

@@ -26,7 +26,7 @@ from eurotron.config import ModelConfig, OptimConfig
 from eurotron.data.goldfish import GoldfishTransform, goldfish_drop_mask
 from eurotron.data.loader import make_batch
 from eurotron.model import build_model, count_parameters
-from eurotron.train.loss import summed_cross_entropy
+from eurotron.model.loss import summed_cross_entropy
 from eurotron.train.optim import build_optimizer
 
 SEQ = 4096

@@ -39,7 +39,7 @@ from eurotron.model import model_flops_per_token
 from eurotron.parallel.mesh import build_mesh
 from eurotron.parallel.parallelize import parallelize
 from eurotron.plan.memory import GiB, estimate_memory
-from eurotron.train.loss import summed_cross_entropy
+from eurotron.model.loss import summed_cross_entropy
 from eurotron.train.mfu import detect_peak_flops
 from eurotron.train.optim import build_optimizer
 from eurotron.validation import validate_train_config

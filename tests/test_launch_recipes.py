@@ -10,7 +10,8 @@ from eurotron.compose import compose_train
 from eurotron.launch.render import render_job
 from eurotron.launch.validation import check_launch
 from eurotron.model import build_model, count_parameters
-from eurotron.plan.memory import GiB, estimate_memory, fit_problem, total_params
+from eurotron.plan.layout import total_params
+from eurotron.plan.memory import GiB, estimate_memory, fit_problem
 
 from launch_support import REPO, REQUIRED
 

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from eurotron.compose import compose_prepare, compose_train
-from eurotron.config import ConfigError, ModelConfig, ParallelConfig
+from eurotron.config import ConfigError, DataConfig, ModelConfig, ParallelConfig, TrainConfig
 from eurotron.data.prepare import prepare
 from eurotron.model import build_model, count_parameters
 from eurotron.parallel.env import ProcessEnv, process_env
@@ -272,15 +272,16 @@ def test_scale_check_on_a_fake_process_group(model, preset, world):
 
     model_cfg, par = _model(model), _preset(preset)
     assert par.world_size == world
-    report = scale_check(model_cfg, par, seq_len=8192, micro_batch=1)
+    data = DataConfig(path="-", seq_len=8192, micro_batch_size=1, global_batch_size=par.dp * par.pp * 2)
+    report = scale_check(TrainConfig(model=model_cfg, parallel=par, data=data))
     print("\n" + report.format())
     assert not dist.is_initialized()
     assert report.sharded_total == report.total_params == count_parameters(build_model(model_cfg, "meta"))
     assert len(report.stages) == par.pp and all(len(s.per_rank_params) == world // par.pp for s in report.stages)
     # Every rank holds about 1/world of the model (+ its stage's embedding or output share).
     assert report.max_params_per_rank < 1.25 * report.total_params / world
-    # Weights + grads + AdamW + gathered FSDP blocks + activations (8k tokens) fit a 64 GB GPU.
-    assert 0 < report.activations < report.max_bytes_per_rank() < 64 * GiB
+    # The layout model's peak (weights, grads, AdamW, FSDP's unsharded state, activations of 8k tokens).
+    assert 0 < report.estimate.peak.activation_bytes < report.max_bytes_per_rank() < 64 * GiB
 
 
 def test_collective_timeout_reaches_the_process_group(monkeypatch):

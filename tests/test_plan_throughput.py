@@ -14,6 +14,7 @@ from typing import Dict, List, Tuple
 import pytest
 
 from eurotron.compose import compose_train
+from eurotron.plan.layout import step_micro_batches
 from eurotron.plan.throughput import PlanError, bubble_fraction, predict_step
 
 # Grand Teton hosts of torchtitan's benchmark: 8 H100 (HBM2e, 500 W power limit: "peak between SXM and
@@ -71,8 +72,7 @@ PUBLISHED: Dict[str, Tuple[List[str], Tuple[str, float], str]] = {
 def predicted(overrides: List[str]):
     cfg, _ = compose_train(["experiment=demo", *overrides])
     par = cfg.parallel
-    micro_batches = cfg.data.global_batch_size // (cfg.data.micro_batch_size * par.dp_shard * par.dp_replicate)
-    return predict_step(cfg.model, par, cfg.data, cfg.cluster, micro_batches, par.pp_virtual_stages)
+    return predict_step(cfg.model, par, cfg.data, cfg.cluster, step_micro_batches(cfg), par.pp_virtual_stages)
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))

@@ -31,7 +31,7 @@ def test_recipe_layout_fits_its_gpus_under_the_real_plans(recipe):
     cfg, _ = compose_train([f"experiment={recipe}", "data.path=/recipes/need/no/data"])
     gpu_bytes = cfg.cluster.gpu_memory_gb * GB
     assert gpu_bytes > 0, f"{recipe}: cluster.gpu_memory_gb is not set"
-    report = scale_check(cfg.model, cfg.parallel, seq_len=cfg.data.seq_len, micro_batch=cfg.data.micro_batch_size)
+    report = scale_check(cfg)
     assert not dist.is_initialized()
     assert report.sharded_total == report.total_params, recipe
     assert report.max_bytes_per_rank() < gpu_bytes, (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Tuple
+from typing import Sequence, Tuple
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
@@ -26,6 +26,3 @@ def compose_train(overrides: Sequence[str] = ()) -> Tuple[TrainConfig, str]:
 def compose_prepare(overrides: Sequence[str] = ()) -> PrepareConfig:
     return to_object(compose_raw("prepare", overrides), PrepareConfig)
 
-
-def as_yaml(obj: Any) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(obj))

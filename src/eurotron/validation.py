@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterable, List, Optional
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 from .config import ConfigError, TrainConfig
 from .model.linear import CPU_MATMUL_BACKENDS, onednn_available
 from .model.masks import ATTENTION_BACKENDS
 from .plan.gpus import match_gpu
+from .plan.layout import (MULTI_STAGE_SCHEDULES, SCHEDULES, num_stages, sequences_per_micro_step, step_micro_batches,
+                          world_size_problem)
 
 MODEL_FAMILIES = ("llama", "mistral", "apertus")
 MLP_KINDS = ("swiglu", "xielu")
 ROPE_SCALINGS = ("none", "llama3")
-PP_SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b", "looped_bfs", "interleaved_zb", "zbv_zero_bubble", "dualpipev")
-# Schedules that run several (virtual) stages per rank.
-MULTI_STAGE_SCHEDULES = ("interleaved_1f1b", "looped_bfs", "interleaved_zb", "zbv_zero_bubble", "dualpipev")
 DP_ENGINES = ("fsdp", "ddp")
 AC_MODES = ("none", "full", "selective", "selective_op")
 FSDP_GRAD_SYNCS = ("micro_batch", "last")
@@ -40,6 +39,49 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 GENERATION_STRATEGIES = ("greedy", "top_p")
 NONFINITE_MODES = ("skip", "stop")
 PLAN_FORMATS = ("text", "json")
+
+
+# Every choice-valued key of the training config and its allowed values, checked in one loop
+# (check_choices; launch/validation.py passes its own keys through the same function).
+TRAIN_CHOICES: Tuple[Tuple[str, Iterable[str]], ...] = (
+    ("model.family", MODEL_FAMILIES),
+    ("model.mlp", MLP_KINDS),
+    ("model.rope_scaling.type", ROPE_SCALINGS),
+    ("model.attention", ATTENTION_BACKENDS),
+    ("parallel.dp_engine", DP_ENGINES),
+    ("parallel.pp_schedule", SCHEDULES),
+    ("parallel.activation_checkpoint", AC_MODES),
+    ("parallel.fsdp_grad_sync", FSDP_GRAD_SYNCS),
+    ("parallel.fsdp_reshard_after_forward", FSDP_RESHARD_CHOICES),
+    ("loss.name", LOSSES),
+    ("loss.strategy", GOLDFISH_STRATEGIES),
+    ("optim.name", OPTIMIZERS),
+    ("optim.implementation", OPTIM_IMPLEMENTATIONS),
+    ("scheduler.name", SCHEDULERS),
+    ("scheduler.decay_shape", DECAY_SHAPES),
+    ("train.precision", PRECISIONS),
+    ("checkpoint.resume", RESUME_MODES),
+    ("logging.wandb_settings.mode", WANDB_MODES),
+    ("cluster.device", DEVICES),
+    ("cluster.backend", BACKENDS),
+    ("cluster.cpu_matmul", CPU_MATMUL_BACKENDS),
+    ("generate.strategy", GENERATION_STRATEGIES),
+    ("train.nonfinite", NONFINITE_MODES),
+)
+
+
+def _dotted(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def check_choices(cfg: Any, p: "_Problems", table: Sequence[Tuple[str, Iterable[str]]]) -> None:
+    """Each key of ``table`` holds one of its allowed values. YAML's true/false reach a str field as
+    "True"/"False" (fsdp_reshard_after_forward): compared in lower case."""
+    for key, allowed in table:
+        value = _dotted(cfg, key)
+        p.choice(key, str(value).lower() if str(value) in ("True", "False") else value, allowed)
 
 
 class _Problems:
@@ -94,10 +136,6 @@ ROPE_THETA_RANGE = (1.0, 1e12)
 
 def _check_model(cfg: TrainConfig, p: _Problems) -> None:
     m = cfg.model
-    p.choice("model.family", m.family, MODEL_FAMILIES)
-    p.choice("model.mlp", m.mlp, MLP_KINDS)
-    p.choice("model.rope_scaling.type", m.rope_scaling.type, ROPE_SCALINGS)
-    p.choice("model.attention", m.attention, ATTENTION_BACKENDS)
     if m.attention == "flex" and cfg.cluster.device == "cpu":
         p.add("model.attention", "flex", "needs a GPU (torch 2.13 has no FlexAttention backward on CPU); "
               "use model.attention=auto or sdpa with cluster.device=cpu (the dense reference path)")
@@ -184,12 +222,6 @@ def _check_parallel(cfg: TrainConfig, p: _Problems) -> None:
         p.positive(f"parallel.{k}", getattr(par, k))
         for k in ("tp", "pp", "dp_shard", "dp_replicate", "pp_virtual_stages", "activation_checkpoint_every")
     )
-    p.choice("parallel.dp_engine", par.dp_engine, DP_ENGINES)
-    p.choice("parallel.pp_schedule", par.pp_schedule, PP_SCHEDULES)
-    p.choice("parallel.activation_checkpoint", par.activation_checkpoint, AC_MODES)
-    p.choice("parallel.fsdp_grad_sync", par.fsdp_grad_sync, FSDP_GRAD_SYNCS)
-    # YAML's true/false reach a str field as "True"/"False": accepted in any case (parallel/data.py).
-    p.choice("parallel.fsdp_reshard_after_forward", str(par.fsdp_reshard_after_forward).lower(), FSDP_RESHARD_CHOICES)
     if not dims_ok or m.num_heads <= 0 or m.num_kv_heads <= 0:
         return
     for key, value in (("model.num_heads", m.num_heads), ("model.num_kv_heads", m.num_kv_heads),
@@ -201,13 +233,17 @@ def _check_parallel(cfg: TrainConfig, p: _Problems) -> None:
     if par.dp_engine == "ddp" and par.dp_shard > 1:
         p.add("parallel.dp_shard", par.dp_shard,
               "DDP replicates, it does not shard: use parallel.dp_replicate for DDP or set parallel.dp_engine=fsdp")
-    stages = par.pp * par.pp_virtual_stages
-    if par.pp_virtual_stages > 1 and par.pp_schedule not in MULTI_STAGE_SCHEDULES:
+    stages = num_stages(par)
+    spec = SCHEDULES.get(par.pp_schedule)
+    if spec is None:
+        return  # reported above
+    if par.pp_virtual_stages > 1 and not spec.multi_stage:
         p.add("parallel.pp_schedule", par.pp_schedule,
               f"runs one stage per rank; with parallel.pp_virtual_stages={par.pp_virtual_stages} "
               f"use one of {', '.join(MULTI_STAGE_SCHEDULES)}")
-    if par.pp_schedule in ("zbv_zero_bubble", "dualpipev") and par.pp > 1 and par.pp_virtual_stages != 2:
-        p.add("parallel.pp_virtual_stages", par.pp_virtual_stages, f"{par.pp_schedule} needs exactly 2 stages per rank")
+    if spec.stages_per_rank and par.pp > 1 and par.pp_virtual_stages != spec.stages_per_rank:
+        p.add("parallel.pp_virtual_stages", par.pp_virtual_stages,
+              f"{par.pp_schedule} needs exactly {spec.stages_per_rank} stages per rank")
     if par.pp_layers_per_stage:
         if len(par.pp_layers_per_stage) != stages:
             p.add("parallel.pp_layers_per_stage", list(par.pp_layers_per_stage),
@@ -218,10 +254,6 @@ def _check_parallel(cfg: TrainConfig, p: _Problems) -> None:
     elif m.num_layers > 0 and m.num_layers < stages:
         p.add("parallel.pp", par.pp,
               f"pp*pp_virtual_stages={stages} stages but model.num_layers={m.num_layers}: every stage needs a layer")
-
-
-# Schedules that split backward into input- and weight-gradient steps (DDP's reducer cannot follow them).
-SPLIT_BACKWARD_SCHEDULES = ("interleaved_zb", "zbv_zero_bubble", "dualpipev")
 
 
 def _check_parallel_composition(cfg: TrainConfig, p: _Problems) -> None:
@@ -238,26 +270,20 @@ def _check_parallel_composition(cfg: TrainConfig, p: _Problems) -> None:
         p.add("parallel.dp_engine", "ddp",
               "does not compose with tensor parallelism (parallel.tp>1); use parallel.dp_engine=fsdp "
               "(parallel.dp_replicate alone gives plain replication, as DDP does)")
-    if par.dp_engine == "ddp" and par.dp > 1 and par.pp > 1 and par.pp_schedule in SPLIT_BACKWARD_SCHEDULES:
+    spec = SCHEDULES.get(par.pp_schedule)
+    if par.dp_engine == "ddp" and par.dp > 1 and par.pp > 1 and spec is not None and spec.split_backward:
         p.add("parallel.pp_schedule", par.pp_schedule,
               "splits backward into input and weight steps, which DDP cannot synchronise; "
               "use parallel.dp_engine=fsdp or another schedule")
     if cfg.cluster.backend == "nccl" and cfg.cluster.device == "cpu":
         p.add("cluster.backend", "nccl", "needs GPUs; use cluster.backend=gloo (or auto) with cluster.device=cpu")
-    if par.pp > 1 and d.micro_batch_size > 0 and d.global_batch_size > 0:
-        n_micro = d.global_batch_size // max(d.micro_batch_size * par.dp, 1)
-        if n_micro < 1:
-            return
-        if par.pp_schedule == "dualpipev" and n_micro < 2 * par.pp:
+    if par.pp > 1 and spec is not None and d.micro_batch_size > 0 and d.global_batch_size > 0 \
+            and d.global_batch_size % sequences_per_micro_step(d.micro_batch_size, par.dp) == 0:  # else _check_data
+        n_micro = step_micro_batches(cfg)
+        problem = spec.micro_batch_problem(n_micro, par.pp)
+        if problem:
             p.add("data.global_batch_size", d.global_batch_size,
-                  f"gives {n_micro} micro-batches per pipeline; dualpipev needs at least one per stage "
-                  f"(2 x parallel.pp = {2 * par.pp})")
-        if par.pp_schedule in ("interleaved_1f1b", "interleaved_zb"):
-            rounds = max(1, n_micro // par.pp)
-            if n_micro % rounds:
-                p.add("data.global_batch_size", d.global_batch_size,
-                      f"gives {n_micro} micro-batches per pipeline; {par.pp_schedule} needs a multiple of "
-                      f"{rounds} (rounds of parallel.pp={par.pp}); a multiple of parallel.pp always works")
+                  f"gives {n_micro} micro-batches per pipeline: {problem}; raise it or lower data.micro_batch_size")
 
 
 def _check_data(cfg: TrainConfig, p: _Problems) -> None:
@@ -276,15 +302,11 @@ def _check_data(cfg: TrainConfig, p: _Problems) -> None:
               f"exceeds model.max_seq_len={cfg.model.max_seq_len} (the RoPE limit); lower data.seq_len "
               f"or raise model.max_seq_len")
     dp = max(par.dp, 1)
-    per_step = d.micro_batch_size * dp
+    per_step = sequences_per_micro_step(d.micro_batch_size, dp)
     if d.global_batch_size % per_step:
         p.add("data.global_batch_size", d.global_batch_size,
               f"must be a multiple of data.micro_batch_size x data-parallel size = {d.micro_batch_size} x {dp} "
               f"= {per_step}")
-    elif par.pp > 1 and par.pp > 0 and d.global_batch_size // per_step < par.pp:
-        p.add("data.global_batch_size", d.global_batch_size,
-              f"gives {d.global_batch_size // per_step} micro-batches per pipeline, fewer than parallel.pp={par.pp}; "
-              f"raise it or lower data.micro_batch_size")
 
 
 def _check_blend(blend, p: _Problems) -> None:
@@ -301,8 +323,6 @@ def _check_blend(blend, p: _Problems) -> None:
 
 
 def _check_loss_optim_schedule(cfg: TrainConfig, p: _Problems) -> None:
-    p.choice("loss.name", cfg.loss.name, LOSSES)
-    p.choice("loss.strategy", cfg.loss.strategy, GOLDFISH_STRATEGIES)
     if cfg.loss.name == "goldfish":
         if cfg.loss.k < 2:
             p.add("loss.k", cfg.loss.k, "must be >= 2 (one token in k is dropped; k=1 would drop every token)")
@@ -315,8 +335,6 @@ def _check_loss_optim_schedule(cfg: TrainConfig, p: _Problems) -> None:
                   f"exceeds data.seq_len={cfg.data.seq_len}: the first h-1 positions of a row are never dropped, "
                   f"so Goldfish would drop nothing; lower loss.h")
     o = cfg.optim
-    p.choice("optim.name", o.name, OPTIMIZERS)
-    p.choice("optim.implementation", o.implementation, OPTIM_IMPLEMENTATIONS)
     p.positive("optim.lr", o.lr)
     p.positive("optim.eps", o.eps)
     p.positive("optim.weight_decay", o.weight_decay, allow_zero=True)
@@ -325,8 +343,6 @@ def _check_loss_optim_schedule(cfg: TrainConfig, p: _Problems) -> None:
         if not 0.0 <= beta < 1.0:
             p.add(key, beta, "must be in [0, 1)")
     s = cfg.scheduler
-    p.choice("scheduler.name", s.name, SCHEDULERS)
-    p.choice("scheduler.decay_shape", s.decay_shape, DECAY_SHAPES)
     if p.positive("scheduler.warmup_steps", s.warmup_steps, allow_zero=True) and s.warmup_steps >= cfg.train.steps > 0:
         p.add("scheduler.warmup_steps", s.warmup_steps, f"must be smaller than train.steps={cfg.train.steps}")
     if not 0.0 <= s.min_lr_ratio <= 1.0:
@@ -339,28 +355,21 @@ def _check_run(cfg: TrainConfig, p: _Problems) -> None:
     p.positive("train.steps", cfg.train.steps)
     p.positive("train.seed", cfg.train.seed, allow_zero=True)
     p.positive("train.stop_after", cfg.train.stop_after, allow_zero=True)
-    p.choice("train.precision", cfg.train.precision, PRECISIONS)
     _check_guards(cfg, p)
     p.positive("checkpoint.every", cfg.checkpoint.every, allow_zero=True)
     p.positive("checkpoint.keep_last", cfg.checkpoint.keep_last)
-    p.choice("checkpoint.resume", cfg.checkpoint.resume, RESUME_MODES)
     _check_hf_export(cfg, p)
     p.positive("eval.every", cfg.eval.every, allow_zero=True)
     p.positive("eval.batches", cfg.eval.batches)
     p.positive("logging.log_every", cfg.logging.log_every)
-    p.choice("logging.wandb_settings.mode", cfg.logging.wandb_settings.mode, WANDB_MODES)
-    p.choice("cluster.device", cfg.cluster.device, DEVICES)
-    p.choice("cluster.backend", cfg.cluster.backend, BACKENDS)
     if cfg.cluster.peak_flops is not None:  # null: detected at run time (train/mfu.py)
         p.positive("cluster.peak_flops", cfg.cluster.peak_flops)
     _check_float8(cfg, p)
     p.positive("cluster.cpu_threads", cfg.cluster.cpu_threads, allow_zero=True)
-    p.choice("cluster.cpu_matmul", cfg.cluster.cpu_matmul, CPU_MATMUL_BACKENDS)
     p.positive("cluster.collective_timeout_minutes", cfg.cluster.collective_timeout_minutes)
     if cfg.cluster.cpu_matmul == "onednn" and cfg.cluster.device == "cpu" and not onednn_available():
         p.add("cluster.cpu_matmul", "onednn", "this PyTorch build has no oneDNN; use cluster.cpu_matmul=aten")
     g = cfg.generate
-    p.choice("generate.strategy", g.strategy, GENERATION_STRATEGIES)
     p.positive("generate.max_new_tokens", g.max_new_tokens)
     p.positive("generate.temperature", g.temperature)
     p.positive("generate.repetition_penalty", g.repetition_penalty)
@@ -387,7 +396,6 @@ def _check_float8(cfg: TrainConfig, p: _Problems) -> None:
 def _check_guards(cfg: TrainConfig, p: _Problems) -> None:
     """The training loop's non-finite guard, loss-spike rule and hang watchdog (train.*)."""
     t = cfg.train
-    p.choice("train.nonfinite", t.nonfinite, NONFINITE_MODES)
     p.positive("train.max_nonfinite_steps", t.max_nonfinite_steps)
     for key, value in (("train.spike_sigma", t.spike_sigma), ("train.hang_timeout_s", t.hang_timeout_s),
                        ("train.hang_timeout_save_s", t.hang_timeout_save_s)):
@@ -401,19 +409,17 @@ def validate_train_config(cfg: TrainConfig, world_size: Optional[int] = None) ->
     """Raise ConfigError listing every problem; `world_size` is checked against the mesh when given."""
     p = _Problems()
     _check_finite(cfg, "", p)
+    check_choices(cfg, p, TRAIN_CHOICES)
     _check_model(cfg, p)
     _check_parallel(cfg, p)
     _check_parallel_composition(cfg, p)
     _check_data(cfg, p)
     _check_loss_optim_schedule(cfg, p)
     _check_run(cfg, p)
-    if world_size is not None and world_size != cfg.parallel.world_size:
+    problem = world_size_problem(cfg.parallel, world_size) if world_size is not None else None
+    if problem:
         par = cfg.parallel
-        p.add("parallel", f"pp={par.pp} dp_replicate={par.dp_replicate} dp_shard={par.dp_shard} tp={par.tp}",
-              f"the mesh needs pp*dp_replicate*dp_shard*tp={par.world_size} processes but {world_size} were "
-              f"launched; launch {par.world_size} processes (torchrun --nproc-per-node={par.world_size} "
-              f"--no-python eurotron-train ..., or eurotron-launch) or pick a layout for {world_size}"
-              + (" (parallel=single)" if world_size == 1 else ""))
+        p.add("parallel", f"pp={par.pp} dp_replicate={par.dp_replicate} dp_shard={par.dp_shard} tp={par.tp}", problem)
     p.raise_if_any()
 
 
@@ -427,7 +433,7 @@ def validate_plan_config(cfg: TrainConfig) -> None:
     if plan.nodes is not None:
         p.positive("plan.nodes", plan.nodes)
     p.positive("plan.top", plan.top)
-    p.choice("plan.format", plan.format, PLAN_FORMATS)
+    check_choices(cfg, p, (("plan.format", PLAN_FORMATS),))
     if c.gpus_per_node <= 0:
         p.add("cluster.gpus_per_node", c.gpus_per_node,
               f"cluster {c.name!r} declares no GPUs: plan for a GPU system (e.g. cluster=alps, cluster=lumi) "

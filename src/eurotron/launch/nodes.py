@@ -27,7 +27,7 @@ class JobPlan:
     omp_threads: int
 
     @property
-    def total_tasks(self) -> int:
+    def total_tasks(self) -> int:  # the sbatch templates' --ntasks (launchers/common/*.j2)
         return self.nodes * self.tasks_per_node
 
 

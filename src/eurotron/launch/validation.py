@@ -10,7 +10,7 @@ from typing import List, Optional
 
 from ..config import ConfigError, TrainConfig
 from ..plan.memory import fit_problem
-from ..validation import _Problems, validate_train_config
+from ..validation import _Problems, check_choices, validate_train_config
 from . import shell
 from .nodes import PATTERNS, JobPlan, format_seconds, node_capacity, parse_slurm_time, plan_job
 
@@ -18,6 +18,9 @@ GPU_REQUESTS = ("gpus_per_node", "gres", "gpus_per_task", "none")
 CONTAINER_RUNTIMES = ("none", "singularity", "edf")
 SIGNALS = ("USR1", "USR2", "TERM", "INT", "HUP", "URG", "XCPU")
 ARCHES = ("x86_64", "aarch64")
+LAUNCH_CHOICES = (("cluster.launcher.pattern", PATTERNS), ("cluster.slurm.gpu_request", GPU_REQUESTS),
+                  ("cluster.container.runtime", CONTAINER_RUNTIMES), ("cluster.arch", ARCHES),
+                  ("launch.signal", SIGNALS))
 
 
 def _check_layout(cfg: TrainConfig, plan: JobPlan, p: _Problems) -> None:
@@ -69,11 +72,7 @@ def _selected_limits(cfg: TrainConfig):
 
 def _check_choices(cfg: TrainConfig, p: _Problems) -> None:
     c, launch = cfg.cluster, cfg.launch
-    p.choice("cluster.launcher.pattern", c.launcher.pattern, PATTERNS)
-    p.choice("cluster.slurm.gpu_request", c.slurm.gpu_request, GPU_REQUESTS)
-    p.choice("cluster.container.runtime", c.container.runtime, CONTAINER_RUNTIMES)
-    p.choice("cluster.arch", c.arch, ARCHES)
-    p.choice("launch.signal", launch.signal, SIGNALS)
+    check_choices(cfg, p, LAUNCH_CHOICES)
     p.positive("launch.chain", launch.chain)
     p.positive("launch.signal_seconds", launch.signal_seconds, allow_zero=True)
     p.positive("cluster.gpus_per_node", c.gpus_per_node, allow_zero=True)

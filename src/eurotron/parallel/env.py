@@ -15,10 +15,6 @@ class ProcessEnv:
     local_rank: int
     world_size: int
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
 
 def _int_env(*names: str, default: int) -> int:
     for name in names:

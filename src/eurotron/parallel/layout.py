@@ -8,11 +8,9 @@ import torch
 import torch.distributed as dist
 
 from ..config import TrainConfig
+from ..plan.layout import STATE_BYTES_PER_PARAM, layout_name, stage_to_rank, step_micro_batches
+from ..plan.memory import estimate_memory
 from .activation import checkpointed_layers
-from .pipeline import stage_to_rank
-
-# fp32 master weight + fp32 gradient + AdamW's two fp32 moments.
-STATE_BYTES_PER_PARAM = 16
 
 
 def human_bytes(n: float) -> str:
@@ -49,10 +47,9 @@ def format_layout(cfg: TrainConfig, ranges: Sequence[range], per_rank: Sequence[
     par = cfg.parallel
     checkpointed = checkpointed_layers(par.activation_checkpoint, par.activation_checkpoint_every,
                                        list(range(cfg.model.num_layers)))
-    n_micro = cfg.data.global_batch_size // (cfg.data.micro_batch_size * par.dp)
+    n_micro = step_micro_batches(cfg)
     lines = [
-        f"layout: pp={par.pp} x dp_replicate={par.dp_replicate} x dp_shard={par.dp_shard} x tp={par.tp} "
-        f"= {par.world_size} rank(s) on {device.type} ({backend}); mesh dims (pp, dp_replicate, dp_shard, tp)",
+        f"layout: {layout_name(par)} = {par.world_size} rank(s) on {device.type} ({backend}); mesh dims (pp, dp_replicate, dp_shard, tp)",
         f"  tensor parallel: {'tp=' + str(par.tp) + (' + sequence parallel' if par.sequence_parallel else '') if par.tp > 1 else 'off'}"
         f"; data parallel: {par.dp_engine + ' x' + str(par.dp) if par.dp > 1 else 'off'}"
         f"; activation checkpointing: {par.activation_checkpoint}"
@@ -69,12 +66,15 @@ def format_layout(cfg: TrainConfig, ranges: Sequence[range], per_rank: Sequence[
             rank = stage_to_rank(stage, par.pp, par.pp_schedule)
             lines.append(f"    stage {stage} on pp rank {rank}: {stage_contents(ranges, stage)}")
     per_stage = max(1, len(per_rank) // par.pp)
+    estimate = estimate_memory(cfg)
     for pp_rank in range(par.pp):
         counts = per_rank[pp_rank * per_stage:(pp_rank + 1) * per_stage]
         lo, hi = min(counts), max(counts)
         span = f"{lo:,}" if lo == hi else f"{lo:,} - {hi:,}"
         label = f"pp rank {pp_rank}" if par.pp > 1 else "each rank" if len(per_rank) > 1 else "the rank"
+        plan = estimate.ranks[pp_rank]
         lines.append(f"  parameters on {label}: {span} (est. {human_bytes(hi * STATE_BYTES_PER_PARAM)} "
-                     f"weights + grads + AdamW at {STATE_BYTES_PER_PARAM} B/param)")
+                     f"weights + grads + AdamW at {STATE_BYTES_PER_PARAM} B/param; "
+                     f"{human_bytes(plan.total_bytes)} at the peak of a bf16 GPU step, plan/memory.py)")
     lines.append(f"  model: {cfg.model.name}, {total_params:,} parameters")
     return "\n".join(lines)

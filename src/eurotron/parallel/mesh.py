@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from ..config import ParallelConfig
+from ..plan.layout import world_size_problem
 from .env import ProcessEnv
 
 MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "tp")
@@ -165,10 +166,6 @@ class ParallelMesh:
     def pp_rank(self) -> int:
         return self.local_rank("pp")
 
-    @property
-    def tp_rank(self) -> int:
-        return self.local_rank("tp")
-
     def rank_at(self, pp: int, dp_replicate: int, dp_shard: int, tp: int) -> int:
         """Global rank at a mesh coordinate (Megatron order: tp fastest, pp slowest)."""
         c = self.cfg
@@ -184,9 +181,9 @@ def build_mesh(par: ParallelConfig, device: torch.device) -> ParallelMesh:
     """The 4-D mesh over the default group (plus the flattened "dp" dim); None mesh for one process."""
     if par.world_size == 1 and not dist.is_initialized():
         return ParallelMesh(par, None)
-    world = dist.get_world_size()
-    if world != par.world_size:
-        raise RuntimeError(f"the layout needs {par.world_size} processes but the process group has {world}")
+    problem = world_size_problem(par, dist.get_world_size())
+    if problem:
+        raise RuntimeError(f"process group: {problem}")
     mesh = init_device_mesh(device.type, (par.pp, par.dp_replicate, par.dp_shard, par.tp), mesh_dim_names=MESH_DIMS)
     mesh["dp_replicate", "dp_shard"]._flatten(DP_FLAT)
     return ParallelMesh(par, mesh)

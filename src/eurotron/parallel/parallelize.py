@@ -20,13 +20,14 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..model.transformer import Transformer
+from ..plan.layout import model_stage_ranges, num_stages, stages_of_rank, step_micro_batches
 from .compile import checkpoint_and_compile
 from .data import apply_ddp, apply_fsdp, gradient_sync, unwrap
 from .float8 import apply_float8
 from .grads import clip_grad_norm
 from .init import init_model_part
 from .mesh import ParallelMesh
-from .pipeline import PipelineRunner, TiedEmbeddingSync, build_stage, stage_layer_ranges, stages_of_rank
+from .pipeline import PipelineRunner, TiedEmbeddingSync, build_stage
 from .tensor import apply_tensor_parallel, local_loss, loss_context
 
 
@@ -143,9 +144,8 @@ def parallelize(cfg: TrainConfig, pmesh: ParallelMesh, device: torch.device, see
     ``materialize=False`` stops after step 4 and leaves everything on the meta device (scale checks).
     """
     par = cfg.parallel
-    num_stages = par.pp * par.pp_virtual_stages if par.pp > 1 else 1
-    ranges = stage_layer_ranges(cfg.model.num_layers, num_stages, par.pp_layers_per_stage if par.pp > 1 else ())
-    stage_ids = stages_of_rank(pmesh.pp_rank, par) if par.pp > 1 else [0]
+    ranges = model_stage_ranges(cfg.model, par)
+    stage_ids = stages_of_rank(pmesh.pp_rank, par)
     dtype = compute_dtype(cfg.train.precision, device)
     parts: List[nn.Module] = []
     checkpointed: List[int] = []
@@ -166,8 +166,7 @@ def parallelize(cfg: TrainConfig, pmesh: ParallelMesh, device: torch.device, see
         parts.append(part)
     model = ParallelModel(cfg, pmesh, device, parts, stage_ids, ranges, dtype, checkpointed)
     if par.pp > 1 and materialize:
-        n_micro = cfg.data.global_batch_size // (cfg.data.micro_batch_size * par.dp)
-        model.pipeline = PipelineRunner(parts, stage_ids, pmesh, device, n_micro, model.compute_context)
+        model.pipeline = PipelineRunner(parts, stage_ids, pmesh, device, step_micro_batches(cfg), model.compute_context)
         if cfg.model.tie_embeddings:
-            model.tied_sync = TiedEmbeddingSync(parts, stage_ids, num_stages, pmesh)
+            model.tied_sync = TiedEmbeddingSync(parts, stage_ids, num_stages(par), pmesh)
     return model

@@ -24,7 +24,7 @@ gradient and stay identical under AdamW; gradient clipping counts the weight onc
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -32,62 +32,25 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage
 from torch.distributed.pipelining.schedules import PipelineScheduleSingle, get_schedule_class
 
-from ..config import ModelConfig, ParallelConfig
+from ..config import ModelConfig
 from ..model.transformer import Transformer, build_model
-from ..train.loss import IGNORE_INDEX, masked_labels, summed_cross_entropy
+from ..plan.layout import num_stages, schedule, stage_layer_counts, stage_layer_ranges, stage_to_rank, stages_of_rank
+from ..model.loss import IGNORE_INDEX, masked_labels, summed_cross_entropy
 from .data import unwrap
 from .mesh import ParallelMesh
 from .tensor import local_loss, loss_context
 
-# Config name -> torch.distributed.pipelining schedule name.
-SCHEDULE_CLASSES = {
-    "gpipe": "GPipe",
-    "1f1b": "1F1B",
-    "interleaved_1f1b": "Interleaved1F1B",
-    "looped_bfs": "LoopedBFS",
-    "interleaved_zb": "InterleavedZeroBubble",
-    "zbv_zero_bubble": "ZBVZeroBubble",
-    "dualpipev": "DualPipeV",
-}
-V_SCHEDULES = ("zbv_zero_bubble", "dualpipev")
+# The split and the placement live in the layout model (plan/layout.py); re-exported for callers here.
+__all__ = ["stage_layer_counts", "stage_layer_ranges", "stage_to_rank", "stages_of_rank", "build_stage",
+           "TiedEmbeddingSync", "PipelineRunner", "schedule_class"]
 
 
-# ------------------------------------------------------------------------------------- the split
-def stage_layer_counts(num_layers: int, num_stages: int, explicit: Sequence[int] = ()) -> List[int]:
-    """Layers per stage: ``explicit`` when given, else an even split with the remainder on the first
-    stages (the last stage also carries the output projection and the loss)."""
-    if explicit:
-        if len(explicit) != num_stages or sum(explicit) != num_layers or min(explicit) < 1:
-            raise ValueError(f"pp_layers_per_stage={list(explicit)} must have {num_stages} entries >= 1 "
-                             f"summing to {num_layers}")
-        return list(explicit)
-    if num_layers < num_stages:
-        raise ValueError(f"{num_stages} pipeline stages need at least as many layers, got {num_layers}")
-    base, extra = divmod(num_layers, num_stages)
-    return [base + (1 if s < extra else 0) for s in range(num_stages)]
+def schedule_class(name: str) -> type:
+    """The torch.distributed.pipelining class the layout model names for ``parallel.pp_schedule``."""
+    return get_schedule_class(schedule(name).torch_class)
 
 
-def stage_layer_ranges(num_layers: int, num_stages: int, explicit: Sequence[int] = ()) -> List[range]:
-    ranges, start = [], 0
-    for count in stage_layer_counts(num_layers, num_stages, explicit):
-        ranges.append(range(start, start + count))
-        start += count
-    return ranges
-
-
-def stage_to_rank(stage: int, pp: int, schedule: str) -> int:
-    """The pipeline rank holding ``stage``: loop placement, or V placement for V schedules."""
-    if schedule in V_SCHEDULES:
-        block, offset = divmod(stage, pp)
-        return offset if block % 2 == 0 else pp - 1 - offset
-    return stage % pp
-
-
-def stages_of_rank(pp_rank: int, par: ParallelConfig) -> List[int]:
-    num_stages = par.pp * par.pp_virtual_stages
-    return [s for s in range(num_stages) if stage_to_rank(s, par.pp, par.pp_schedule) == pp_rank]
-
-
+# ------------------------------------------------------------------------------------- a stage
 def build_stage(model_cfg: ModelConfig, stage: int, ranges: List[range], device: str | torch.device = "meta") -> Transformer:
     """The whole model minus what ``stage`` does not own (FQNs unchanged)."""
     model = build_model(model_cfg, device=device)
@@ -158,7 +121,7 @@ class PipelineRunner:
         compute_context: Callable[[], contextlib.AbstractContextManager],
     ) -> None:
         par = pmesh.cfg
-        self.num_stages = par.pp * par.pp_virtual_stages
+        self.num_stages = num_stages(par)
         self.tp_enabled = par.tp > 1
         self.compute_context = compute_context
         self.pp_group = pmesh.pp_group
@@ -171,7 +134,7 @@ class PipelineRunner:
         ]
         self.has_first = 0 in stage_ids
         self.has_last = self.num_stages - 1 in stage_ids
-        schedule_cls = get_schedule_class(SCHEDULE_CLASSES[par.pp_schedule])
+        schedule_cls = schedule_class(par.pp_schedule)
         stages = self.stages[0] if issubclass(schedule_cls, PipelineScheduleSingle) else self.stages
         # scale_grads=False: the loss is already the global-batch sum divided by the global count.
         self.schedule = schedule_cls(stages, n_microbatches=n_microbatches, loss_fn=self._loss, scale_grads=False)

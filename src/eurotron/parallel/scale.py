@@ -5,11 +5,9 @@ stage(s) of the model on the meta device and applies the very TP / FSDP plans a 
 over torch's fake process-group backend (collectives are no-ops, meshes and DTensor placements are
 real). From each parameter's placements it then computes the shard every rank of the stage holds and
 checks that the shards tile every parameter exactly once; summed over the stages they give the
-model's parameter count. Per rank it reports the parameter count and the bytes of training state.
-
-Bytes per rank: fp32 master weights, fp32 gradients and AdamW's two fp32 moments (16 B per local
-parameter), plus, with FSDP, the gathered compute copies of two blocks at a time (the one running and
-the one being prefetched) in the compute dtype, plus an activation estimate (``activation_bytes``).
+model's parameter count. The largest local count of each pipeline rank must equal the layout model's
+(``plan.memory.RankPlan.params``), whose per-rank bytes the report then gives: bytes are the layout
+model's alone (checked against torch's MemTracker in tests/test_memory_tracker.py), never restated here.
 """
 
 from __future__ import annotations
@@ -23,10 +21,11 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import _compute_local_shape_and_global_offset
 
-from ..config import DataConfig, ModelConfig, ParallelConfig, TrainConfig
+from ..config import TrainConfig
 from ..model import build_model, count_parameters
 from .grads import is_sharded
-from .layout import STATE_BYTES_PER_PARAM
+from ..plan.layout import GiB, layout_name
+from ..plan.memory import MemoryEstimate, estimate_memory
 from .mesh import ParallelMesh, build_mesh
 from .parallelize import parallelize
 
@@ -39,38 +38,6 @@ class StageReport:
     stages: List[int]
     unique_params: int                 # parameters of these stages, each counted once
     per_rank_params: List[int]         # local parameter elements of every rank of this pp rank
-    largest_block_gathered: int        # elements of the largest block after TP, before FSDP sharding
-
-    def state_bytes(self) -> int:
-        return max(self.per_rank_params) * STATE_BYTES_PER_PARAM
-
-
-def activation_bytes(model_cfg: ModelConfig, par: ParallelConfig, seq_len: int, micro_batch: int,
-                     layers_on_rank: int, bytes_per_value: int = 2) -> int:
-    """Activation memory of the busiest pipeline rank, after Korthikanti et al. (2022), in bf16.
-
-    One block's backward working set is ~34 * s * b * h bytes / t with sequence parallelism (attention
-    scores are not kept: SDPA's fused kernels recompute them). With full recomputation a block keeps
-    only its input (2 * s * b * h / t bytes) per micro-batch in flight; selective keeps every other
-    block whole; none keeps all. 1F1B keeps up to ``pp`` micro-batches in flight on the first rank
-    (interleaving raises that by up to one round per virtual stage). The fp32 logits of one
-    micro-batch (s * b * vocab / t * 4 bytes, twice for the softmax backward) come on top.
-    """
-    sbh = seq_len * micro_batch * model_cfg.hidden_size
-    tp = par.tp
-    per_block_full = 34 * sbh // tp * bytes_per_value // 2
-    per_block_input = sbh // tp * bytes_per_value
-    if par.activation_checkpoint == "full":
-        kept = layers_on_rank * per_block_input
-    elif par.activation_checkpoint == "selective":
-        every = max(par.activation_checkpoint_every, 1)
-        recomputed = (layers_on_rank + every - 1) // every
-        kept = recomputed * per_block_input + (layers_on_rank - recomputed) * per_block_full
-    else:
-        kept = layers_on_rank * per_block_full
-    in_flight = par.pp if par.pp_virtual_stages == 1 else par.pp + (par.pp_virtual_stages - 1) * par.pp
-    logits = 2 * seq_len * micro_batch * model_cfg.vocab_size // tp * 4
-    return kept * in_flight + per_block_full + logits
 
 
 @dataclass
@@ -79,9 +46,8 @@ class ScaleReport:
     layout: str
     world_size: int
     total_params: int
+    estimate: MemoryEstimate           # the layout model's bytes per pipeline rank
     stages: List[StageReport] = field(default_factory=list)
-    compute_bytes_per_param: int = 2   # bf16 compute copies on GPU
-    activations: int = 0               # estimate for the busiest rank (see activation_bytes)
 
     @property
     def sharded_total(self) -> int:
@@ -92,21 +58,16 @@ class ScaleReport:
         return max(max(s.per_rank_params) for s in self.stages)
 
     def max_bytes_per_rank(self) -> int:
-        """Weights, gradients, optimizer state and gathered blocks of the fullest rank, plus activations."""
-        return self.activations + max(s.state_bytes() + 2 * s.largest_block_gathered * self.compute_bytes_per_param
-                                      for s in self.stages)
+        return self.estimate.peak_bytes
 
     def format(self) -> str:
         lines = [f"{self.model} on {self.layout} ({self.world_size} ranks): {self.total_params:,} parameters; "
                  f"shards add up to {self.sharded_total:,}"]
-        for s in self.stages:
-            working = 2 * s.largest_block_gathered * self.compute_bytes_per_param
-            lines.append(
-                f"  pp rank {s.pp_rank} (stages {','.join(map(str, s.stages))}): "
-                f"{min(s.per_rank_params):,}-{max(s.per_rank_params):,} params/rank, "
-                f"{s.state_bytes() / 2**30:.2f} GiB weights+grads+AdamW + {working / 2**30:.2f} GiB gathered blocks")
-        lines.append(f"  activations (estimate, busiest rank): {self.activations / 2**30:.2f} GiB")
-        lines.append(f"  max per rank: {self.max_bytes_per_rank() / 2**30:.2f} GiB")
+        for s, plan in zip(self.stages, self.estimate.ranks):
+            lines.append(f"  pp rank {s.pp_rank} (stages {','.join(map(str, s.stages))}): "
+                         f"{min(s.per_rank_params):,}-{max(s.per_rank_params):,} params/rank; "
+                         f"{plan.total_bytes / GiB:.1f} GiB at the peak (layout model)")
+        lines.append(self.estimate.format())
         return "\n".join(lines)
 
 
@@ -143,25 +104,9 @@ def _compute_local_numels(dt: DTensor, grid: Tuple[int, int, int]) -> Dict[Tuple
     return out
 
 
-def _block_gathered_numel(part: torch.nn.Module) -> int:
-    """Elements one rank gathers to run its largest block (TP shard size, FSDP dims gathered)."""
-    largest = 0
-    for block in part.layers.values():
-        total = 0
-        for p in block.parameters():
-            if isinstance(p, DTensor):
-                tp_shards = [p.device_mesh.size(i) for i, (n, pl) in
-                             enumerate(zip(p.device_mesh.mesh_dim_names, p.placements)) if n == "tp" and is_sharded(pl)]
-                total += p.numel() // (tp_shards[0] if tp_shards else 1)
-            else:
-                total += p.numel()
-        largest = max(largest, total)
-    return largest
-
-
-def check_stage(model_cfg: ModelConfig, par: ParallelConfig, pp_rank: int) -> StageReport:
+def check_stage(cfg: TrainConfig, pp_rank: int) -> StageReport:
     """Build pipeline rank ``pp_rank``'s parts over the current (fake) process group and measure them."""
-    cfg = TrainConfig(model=model_cfg, parallel=par, data=DataConfig(path="-"))
+    model_cfg, par = cfg.model, cfg.parallel
     pmesh: ParallelMesh = build_mesh(par, torch.device("cpu"))
     model = parallelize(cfg, pmesh, torch.device("cpu"), seed=0, materialize=False)
     grid = (par.dp_replicate, par.dp_shard, par.tp)
@@ -188,27 +133,30 @@ def check_stage(model_cfg: ModelConfig, par: ParallelConfig, pp_rank: int) -> St
             if p is not tied_copy:
                 unique += covered
     counts = [per_rank[c] for c in sorted(per_rank)]
-    return StageReport(pp_rank, list(model.stage_ids), unique, counts,
-                       max(_block_gathered_numel(part) for part in model.modules))
+    return StageReport(pp_rank, list(model.stage_ids), unique, counts)
 
 
-def scale_check(model_cfg: ModelConfig, par: ParallelConfig, seq_len: int = 4096, micro_batch: int = 1) -> ScaleReport:
-    """Run ``check_stage`` for every pipeline rank, each over a fresh fake process group."""
+def scale_check(cfg: TrainConfig) -> ScaleReport:
+    """Run ``check_stage`` for every pipeline rank, each over a fresh fake process group, and check the
+    largest local parameter count of each against the layout model's."""
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
     if dist.is_initialized():
         raise RuntimeError("scale_check needs to own the (fake) default process group; none may be running")
+    model_cfg, par = cfg.model, cfg.parallel
     total = count_parameters(build_model(model_cfg, device="meta"))
-    layout = f"TP{par.tp} x PP{par.pp} x DP{par.dp}" + (f" ({par.dp_replicate}x{par.dp_shard} HSDP)"
-                                                        if par.dp_replicate > 1 else "")
-    report = ScaleReport(model_cfg.name, layout, par.world_size, total)
-    layers_on_rank = -(-model_cfg.num_layers // par.pp)
-    report.activations = activation_bytes(model_cfg, par, seq_len, micro_batch, layers_on_rank)
+    report = ScaleReport(model_cfg.name, layout_name(par), par.world_size, total, estimate_memory(cfg))
     ranks_per_stage = par.world_size // par.pp
     for pp_rank in range(par.pp):
         dist.init_process_group("fake", store=FakeStore(), rank=pp_rank * ranks_per_stage, world_size=par.world_size)
         try:
-            report.stages.append(check_stage(model_cfg, par, pp_rank))
+            stage = check_stage(cfg, pp_rank)
         finally:
             dist.destroy_process_group()
+        planned = report.estimate.ranks[pp_rank].params
+        # FSDP pads every parameter's rows to a multiple of dp_shard: well under 1% at these sizes.
+        if abs(max(stage.per_rank_params) - planned) > 0.01 * planned:
+            raise AssertionError(f"pp rank {pp_rank}: the plans put {max(stage.per_rank_params):,} parameters on a "
+                                 f"rank, the layout model {planned:,}")
+        report.stages.append(stage)
     return report

@@ -1,62 +1,86 @@
-"""GPU memory per rank of a training layout, from the config alone (no torch model is built).
+"""GPU memory per rank of a training layout, from the config alone (torch-free; no model is built).
 
-What one rank holds, for the busiest rank of every pipeline stage:
+``estimate_memory(cfg)`` gives one ``RankPlan`` per pipeline rank — the busiest of its DP x TP ranks
+(FSDP pads every shard to the same size, so they are equal) — with its bytes by component:
 
-* **training state**: 16 B per local parameter — fp32 master weight, fp32 gradient and AdamW's two
-  fp32 moments (the same rule as the layout report of ``parallel/layout.py``). Linear weights, the
-  embedding and the output projection are split over ``tp``; norms are replicated. FSDP/HSDP then
-  shards everything over ``dp_shard``; DDP (and ``dp_shard=1``) keeps a full copy per rank.
-* **gathered blocks**: the bf16 compute copies of two transformer blocks (the one running and the one
-  being prefetched, FSDP; autocast's cast copies without it).
-* **activations** saved for backward, bf16, per token and layer (flash/memory-efficient attention, so
-  no ``seq x seq`` scores):
-  ``4h`` for the residual stream and norm inputs (fp32; split over ``tp`` with sequence parallelism),
-  ``2h`` for the inputs of the QKV and MLP projections (gathered, so never split),
-  ``q + k + v + attention output`` (split over ``tp``) and the MLP's intermediates
-  (SwiGLU: gate, up, activation, product = ``4f``; xIELU: up, activation = ``2f``; split over ``tp``).
-  Full activation checkpointing keeps only each layer's input (``2h`` units) plus one layer
-  recomputed at a time; ``selective`` checkpoints every ``activation_checkpoint_every``-th layer.
-* **in-flight micro-batches**: gradient accumulation holds one; 1F1B holds ``pp - pp_rank`` on a
-  pipeline rank (at most the number of micro-batches); GPipe holds all of them; interleaved and
-  zero-bubble schedules hold ``1 + (pp - 1) / (pp * v)`` times what 1F1B holds on the first rank.
-* **logits**: the last stage's ``micro_batch x seq x vocab / tp`` logits in bf16 plus their fp32
-  upcast and gradient (10 B per element), one micro-batch at a time.
+* ``weights`` / ``grads`` / ``optimizer``: the fp32 master weights, fp32 sharded gradients and AdamW's
+  two fp32 moments of the rank's parameters (``plan.layout.stage_params``, split over ``tp``, sharded
+  over ``dp_shard`` by FSDP/HSDP, whole under DDP). Under PP the schedule reduces only after the last
+  micro-batch, so at the peak the sharded gradients do not exist yet (``unsharded_grads`` hold them).
+* ``gathered_params``: FSDP2's bf16 compute copies. Under PP the stage stays gathered from its first
+  forward to the schedule's final reduce (``reshard_after_backward`` is off between micro-batches and,
+  with ``fsdp_reshard_after_forward=auto``, after forward); without PP the running and the prefetched
+  block plus the ``[norm, output]`` unit (never resharded under auto); ``false`` keeps everything.
+* ``unsharded_grads``: FSDP2 accumulates unsharded gradients in fp32 (its ``reduce_dtype``) while
+  gradient sync is off: the whole stage under PP, the whole model with ``fsdp_grad_sync=last`` and
+  more than one micro-batch; otherwise one block's fp32 reduce-scatter input at a time.
+* ``activations``: what autograd keeps per micro-batch in flight (``plan.activations``, per
+  ``activation_checkpoint`` mode) times the micro-batches the schedule holds on this rank
+  (``plan.layout.in_flight_micro_batches``), plus the stage's received input and kept output.
+* ``working``: the largest transient of the backward, which come one after another: one block's
+  recomputed activations and gradients, the loss's fp32 and bf16 logit gradients, or (without
+  accumulation) one FSDP unit's bf16 gradient and fp32 reduce-scatter input.
+* ``logits``: on the last stage, the bf16 logits and the fp32 log-softmax the loss keeps, per
+  micro-batch in flight (vocab-sharded over ``tp`` by ``loss_parallel``).
 
-It is an estimate for deciding whether a layout can fit (Megatron-LM's and the ZeRO paper's
-accounting), not a measurement: allocator fragmentation, NCCL buffers and the CUDA/ROCm context are
-what ``cluster.memory_reserve_gb`` keeps free on top.
+Checked against PyTorch's MemTracker on the real parallelized model under fake tensors
+(``train/memory_measure.py``, tests/test_memory_tracker.py). Allocator fragmentation, NCCL buffers and
+the CUDA/ROCm context are what ``cluster.memory_reserve_gb`` keeps free on top.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
-from ..config import ModelConfig, ParallelConfig, TrainConfig
+from ..config import TrainConfig
+from .activations import (block_activation_bytes, block_working_bytes, is_checkpointed, kept_block_bytes,
+                          logits_bytes)
+from .layout import (ADAM_BYTES, COMPUTE_BYTES, GRAD_BYTES, MASTER_BYTES, GiB, StageParams, embedding_params,
+                     in_flight_micro_batches, layout_name, model_stage_ranges, stage_params, stages_of_rank,
+                     step_micro_batches)
 
-GiB = 2**30
-STATE_BYTES_PER_PARAM = 16      # fp32 weight + fp32 grad + AdamW exp_avg + exp_avg_sq
-COMPUTE_BYTES = 2               # bf16 compute copies and activations
-LOGIT_BYTES = 10                # bf16 logits + fp32 upcast + fp32 gradient, per element
-GPIPE_SCHEDULES = ("gpipe",)
-ONE_F_ONE_B_SCHEDULES = ("1f1b",)
+COMPONENTS = ("weights", "grads", "optimizer", "gathered_params", "unsharded_grads", "activations", "working",
+              "logits")
+REDUCE_BYTES = GRAD_BYTES      # FSDP reduces and accumulates gradients in fp32 (its reduce_dtype)
 
 
 @dataclass
-class RankMemory:
-    """One pipeline rank (the busiest of its DP x TP ranks)."""
+class RankPlan:
+    """One pipeline rank (the busiest of its DP x TP ranks): what it holds at its peak."""
 
     pp_rank: int
+    stages: List[int]
     layers: int
     params: int                 # local parameter elements after TP and FSDP sharding
-    state_bytes: int
-    gathered_bytes: int
-    activation_bytes: int
-    logits_bytes: int
+    in_flight: List[int]        # micro-batches whose activations it holds, per local stage
+    bytes: Dict[str, int] = field(default_factory=dict)   # by component (COMPONENTS)
 
     @property
     def total_bytes(self) -> int:
-        return self.state_bytes + self.gathered_bytes + self.activation_bytes + self.logits_bytes
+        return sum(self.bytes.values())
+
+    @property
+    def state_bytes(self) -> int:
+        return self.bytes["weights"] + self.bytes["grads"] + self.bytes["optimizer"]
+
+    @property
+    def fsdp_bytes(self) -> int:
+        return self.bytes["gathered_params"] + self.bytes["unsharded_grads"]
+
+    @property
+    def activation_bytes(self) -> int:
+        return self.bytes["activations"]
+
+    @property
+    def logits_bytes(self) -> int:
+        return self.bytes["logits"]
+
+    def format(self) -> str:
+        parts = ", ".join(f"{name} {self.bytes[name] / GiB:.1f}" for name in COMPONENTS if self.bytes[name])
+        return (f"pp rank {self.pp_rank}: {self.layers} layers, {self.params:,} params/rank, "
+                f"{'+'.join(map(str, self.in_flight))} micro-batch(es) in flight: {parts} "
+                f"= {self.total_bytes / GiB:.1f} GiB")
 
 
 @dataclass
@@ -64,10 +88,10 @@ class MemoryEstimate:
     model: str
     layout: str
     micro_batches: int
-    ranks: List[RankMemory] = field(default_factory=list)
+    ranks: List[RankPlan] = field(default_factory=list)
 
     @property
-    def peak(self) -> RankMemory:
+    def peak(self) -> RankPlan:
         return max(self.ranks, key=lambda r: r.total_bytes)
 
     @property
@@ -78,125 +102,118 @@ class MemoryEstimate:
         return self.peak_bytes + reserve_gb * GiB <= gpu_memory_gb * GiB
 
     def format(self) -> str:
-        lines = [f"memory estimate: {self.model} on {self.layout}, {self.micro_batches} micro-batch(es) per step"]
-        for r in self.ranks:
-            lines.append(
-                f"  pp rank {r.pp_rank}: {r.layers} layers, {r.params:,} params/rank: "
-                f"{r.state_bytes / GiB:.1f} GiB weights+grads+AdamW, {r.gathered_bytes / GiB:.1f} GiB gathered blocks, "
-                f"{r.activation_bytes / GiB:.1f} GiB activations, {r.logits_bytes / GiB:.1f} GiB logits "
-                f"= {r.total_bytes / GiB:.1f} GiB")
+        lines = [f"memory estimate (GiB): {self.model} on {self.layout}, {self.micro_batches} micro-batch(es) per step"]
+        lines += ["  " + r.format() for r in self.ranks]
         return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------ parameters
-def layer_params(m: ModelConfig) -> tuple[int, int]:
-    """(parameters split over TP, replicated parameters) of one transformer block."""
-    h, hd = m.hidden_size, m.resolved_head_dim
-    attention = h * hd * (2 * m.num_heads + 2 * m.num_kv_heads)
-    mlp = (3 if m.mlp == "swiglu" else 2) * h * m.ffn_hidden_size
-    replicated = 2 * h + (2 * hd if m.qk_norm else 0) + (2 if m.mlp == "xielu" else 0)
-    return attention + mlp, replicated
+def _uses_fsdp(cfg: TrainConfig) -> bool:
+    return cfg.parallel.dp_engine == "fsdp" and cfg.parallel.dp > 1
 
 
-def embedding_params(m: ModelConfig) -> int:
-    return m.vocab_size * m.hidden_size
+def _accumulates_unsharded(cfg: TrainConfig, n_micro: int) -> bool:
+    """FSDP keeps unsharded fp32 gradients between backwards: always under PP (the schedule reduces
+    after its last micro-batch), and with fsdp_grad_sync=last over several micro-batches."""
+    par = cfg.parallel
+    return _uses_fsdp(cfg) and (par.pp > 1 or (par.fsdp_grad_sync == "last" and n_micro > 1))
 
 
-def output_params(m: ModelConfig) -> int:
-    """The final norm and, untied, the output projection (tied: counted with the embedding)."""
-    return m.hidden_size + (0 if m.tie_embeddings else m.vocab_size * m.hidden_size)
+def _embedding_grad_params(cfg: TrainConfig, sp: StageParams) -> float:
+    """Elements of the embedding's unsharded gradient on one rank: the whole ``vocab x hidden`` table
+    even under TP — DTensor has no row-wise strategy for the embedding backward, so the gradient is a
+    Partial of the full table until FSDP's reduction redistributes it (torch's ``_embedding_ops.py``)."""
+    return embedding_params(cfg.model) if sp.has_embedding else 0.0
 
 
-def total_params(m: ModelConfig) -> int:
-    split, replicated = layer_params(m)
-    return m.num_layers * (split + replicated) + embedding_params(m) + output_params(m)
+def _fsdp_terms(cfg: TrainConfig, sp: StageParams, head: float, n_micro: int) -> Dict[str, float]:
+    """gathered_params and unsharded_grads (bytes) of one rank; ``head`` is the [norm, output] unit's
+    parameter count per TP rank."""
+    par = cfg.parallel
+    if not _uses_fsdp(cfg):
+        # No FSDP: full fp32 weights; autocast's bf16 copies live through forward, and the fp32
+        # gradients (DDP's too) are ``grads``.
+        return {"gathered_params": COMPUTE_BYTES * sp.total, "unsharded_grads": 0.0}
+    if par.pp > 1 or str(par.fsdp_reshard_after_forward).lower() == "false":
+        gathered = COMPUTE_BYTES * sp.total
+    else:  # the running and the prefetched block, and [norm, output] (never resharded under auto)
+        gathered = COMPUTE_BYTES * (2 * sp.block + head)
+    unsharded = 0.0
+    if _accumulates_unsharded(cfg, n_micro):
+        embedding_per_tp = embedding_params(cfg.model) / par.tp if sp.has_embedding else 0.0
+        unsharded = REDUCE_BYTES * (sp.total - embedding_per_tp + _embedding_grad_params(cfg, sp))
+    return {"gathered_params": gathered, "unsharded_grads": unsharded}
 
 
-def _stage_layout(m: ModelConfig, par: ParallelConfig) -> List[tuple[int, bool, bool]]:
-    """Per pipeline rank: (layers, holds the embedding, holds the norm + output)."""
-    from ..parallel.pipeline import stage_layer_counts, stages_of_rank
-
-    num_stages = par.pp * par.pp_virtual_stages
-    counts = stage_layer_counts(m.num_layers, num_stages, par.pp_layers_per_stage)
-    out = []
-    for pp_rank in range(par.pp):
-        stages = stages_of_rank(pp_rank, par)
-        out.append((sum(counts[s] for s in stages), 0 in stages, num_stages - 1 in stages))
-    return out
-
-
-# ----------------------------------------------------------------------------------- activations
-def activation_bytes_per_layer(m: ModelConfig, par: ParallelConfig, tokens: int) -> int:
-    """Bytes one transformer block saves for backward for `tokens` tokens of one micro-batch."""
-    h, hd, f = m.hidden_size, m.resolved_head_dim, m.ffn_hidden_size
-    tp = par.tp
-    residual = 4 * h / (tp if par.sequence_parallel and tp > 1 else 1)
-    gathered_inputs = 2 * h
-    attention = (m.num_heads * hd * 2 + 2 * m.num_kv_heads * hd) / tp
-    mlp = (4 if m.mlp == "swiglu" else 2) * f / tp
-    return int(tokens * COMPUTE_BYTES * (residual + gathered_inputs + attention + mlp))
+def _backward_transient(cfg: TrainConfig, sp: StageParams, head: float, tokens: int, logits_backward: float,
+                        n_micro: int) -> float:
+    """The backward's largest transient on top of what is kept; they come one after another: a block's
+    recompute and gradients; the loss's logit gradients (with, under accumulation, the output
+    projection's bf16 gradient); the embedding's bf16 gradient before it is accumulated; or, without
+    accumulation, the largest FSDP unit's bf16 gradient and its fp32 reduce-scatter input."""
+    m, par = cfg.model, cfg.parallel
+    block = block_working_bytes(m, par, tokens) if sp.layers else 0.0
+    if not _uses_fsdp(cfg):
+        return max(block, logits_backward)
+    embedding = _embedding_grad_params(cfg, sp)
+    if _accumulates_unsharded(cfg, n_micro):
+        return max(block, logits_backward + COMPUTE_BYTES * head, COMPUTE_BYTES * embedding)
+    # Reducing: the bf16 gradient, redistributed over TP first (the embedding's Partial whole table
+    # becomes its vocab shard), then copied to fp32 for the reduce-scatter.
+    unit = (REDUCE_BYTES + COMPUTE_BYTES) * max(sp.block, head, embedding / par.tp)
+    if embedding and par.tp > 1:
+        unit = max(unit, COMPUTE_BYTES * embedding + (REDUCE_BYTES + COMPUTE_BYTES) * embedding / par.tp)
+    return max(block, logits_backward, unit)
 
 
-def checkpointed_layer_bytes(m: ModelConfig, par: ParallelConfig, tokens: int) -> int:
-    """A checkpointed block keeps only its input (fp32 residual stream)."""
-    return int(tokens * COMPUTE_BYTES * 2 * m.hidden_size / (par.tp if par.sequence_parallel and par.tp > 1 else 1))
+def _kept_activations(cfg: TrainConfig, pp_rank: int, tokens: int, in_flight: List[int]) -> float:
+    """Activations the rank keeps: per local stage, its blocks' saved tensors times the micro-batches in
+    flight, plus under PP the stage's kept output and received input (the schedule's ``fwd_cache``)."""
+    m, par = cfg.model, cfg.parallel
+    ranges = model_stage_ranges(m, par)
+    kept = 0.0
+    for local_index, stage in enumerate(stages_of_rank(pp_rank, par)):
+        layer_ids = list(ranges[stage])
+        per_micro = sum(kept_block_bytes(m, par, tokens, layer) for layer in layer_ids)
+        if par.pp > 1:
+            boundaries = int(stage < len(ranges) - 1)
+            # The received input is the first block's input: a checkpointed block keeps it already.
+            if stage > 0 and not is_checkpointed(par, layer_ids[0]):
+                boundaries += 1
+            per_micro += boundaries * block_activation_bytes(m, par, tokens, "boundary")
+        kept += in_flight[local_index] * per_micro
+    return kept
 
 
-def micro_batches_in_flight(par: ParallelConfig, pp_rank: int, n_micro: int) -> float:
-    if par.pp == 1:
-        return 1.0
-    if par.pp_schedule in GPIPE_SCHEDULES:
-        return float(n_micro)
-    in_flight = float(min(par.pp - pp_rank, n_micro))
-    if par.pp_schedule not in ONE_F_ONE_B_SCHEDULES:  # interleaved / zero-bubble: a little more
-        v = max(par.pp_virtual_stages, 1)
-        in_flight = min(in_flight * (1 + (par.pp - 1) / (par.pp * v)), float(n_micro) * v)
-    return in_flight
-
-
-def _activation_bytes(m: ModelConfig, par: ParallelConfig, layers: int, tokens: int, in_flight: float) -> int:
-    full = activation_bytes_per_layer(m, par, tokens)
-    if par.activation_checkpoint == "full":
-        kept = checkpointed_layer_bytes(m, par, tokens)
-        return int(in_flight * layers * kept + full)  # + the block being recomputed
-    if par.activation_checkpoint == "selective":
-        every = max(par.activation_checkpoint_every, 1)
-        checkpointed = layers // every
-        kept = checkpointed_layer_bytes(m, par, tokens)
-        return int(in_flight * ((layers - checkpointed) * full + checkpointed * kept) + (full if checkpointed else 0))
-    return int(in_flight * layers * full)
-
-
-# -------------------------------------------------------------------------------------- estimate
-def estimate_memory(cfg: TrainConfig) -> MemoryEstimate:
-    """Bytes per rank of `cfg`'s model, layout and batch (see the module docstring for the accounting)."""
+def rank_plan(cfg: TrainConfig, pp_rank: int) -> RankPlan:
+    """What pipeline rank ``pp_rank`` holds at its peak (see the module docstring)."""
     m, par, d = cfg.model, cfg.parallel, cfg.data
-    dp = max(par.dp, 1)
-    n_micro = max(d.global_batch_size // max(d.micro_batch_size * dp, 1), 1)
+    n_micro = max(step_micro_batches(cfg), 1)
     tokens = d.micro_batch_size * d.seq_len
-    fsdp_shards = par.dp_shard if par.dp_engine == "fsdp" else 1
-    split, replicated = layer_params(m)
-    block_compute = 2 * (split // par.tp + replicated) * COMPUTE_BYTES
-    layout = f"pp={par.pp} dp_replicate={par.dp_replicate} dp_shard={par.dp_shard} tp={par.tp}"
-    est = MemoryEstimate(model=m.name, layout=layout, micro_batches=n_micro)
-    for pp_rank, (layers, has_embedding, has_output) in enumerate(_stage_layout(m, par)):
-        local = layers * (split / par.tp + replicated)
-        if has_embedding:
-            local += embedding_params(m) / par.tp
-        if has_output:
-            local += m.hidden_size + (0 if m.tie_embeddings else m.vocab_size * m.hidden_size / par.tp)
-        params = int(-(-local // fsdp_shards))
-        in_flight = micro_batches_in_flight(par, pp_rank, n_micro)
-        logits = int(tokens * m.vocab_size / par.tp * LOGIT_BYTES) if has_output else 0
-        est.ranks.append(RankMemory(
-            pp_rank=pp_rank,
-            layers=layers,
-            params=params,
-            state_bytes=params * STATE_BYTES_PER_PARAM,
-            gathered_bytes=block_compute if layers else 0,
-            activation_bytes=_activation_bytes(m, par, layers, tokens, in_flight),
-            logits_bytes=logits,
-        ))
+    sp = stage_params(m, par, pp_rank)
+    local = int(-(-sp.total // (par.dp_shard if par.dp_engine == "fsdp" else 1)))
+    head = (m.hidden_size + embedding_params(m) / par.tp) if sp.has_output else 0.0
+    in_flight = in_flight_micro_batches(par, n_micro, pp_rank)
+    kept_logits, logits_backward = (logits_bytes(m, par, tokens, in_flight[-1] if par.pp > 1 else 1)
+                                    if sp.has_output else (0.0, 0.0))
+    terms: Dict[str, float] = {
+        "weights": MASTER_BYTES * local,
+        # Under PP, FSDP's sharded gradients appear only at the final reduce (unsharded_grads until then).
+        "grads": 0 if par.pp > 1 and _uses_fsdp(cfg) else GRAD_BYTES * local,
+        "optimizer": ADAM_BYTES * local,
+        **_fsdp_terms(cfg, sp, head, n_micro),
+        "activations": _kept_activations(cfg, pp_rank, tokens, in_flight),
+        "working": _backward_transient(cfg, sp, head, tokens, logits_backward, n_micro),
+        "logits": kept_logits,
+    }
+    return RankPlan(pp_rank, stages_of_rank(pp_rank, par), sp.layers, local, in_flight,
+                    {k: int(terms[k]) for k in COMPONENTS})
+
+
+def estimate_memory(cfg: TrainConfig) -> MemoryEstimate:
+    """Bytes per pipeline rank of ``cfg``'s model, layout and batch (see the module docstring)."""
+    est = MemoryEstimate(model=cfg.model.name, layout=layout_name(cfg.parallel),
+                         micro_batches=step_micro_batches(cfg))
+    est.ranks = [rank_plan(cfg, r) for r in range(cfg.parallel.pp)]
     return est
 
 
@@ -209,9 +226,13 @@ def fit_problem(cfg: TrainConfig, est: Optional[MemoryEstimate] = None) -> Optio
     if est.fits(c.gpu_memory_gb, c.memory_reserve_gb):
         return None
     peak = est.peak
+    b = peak.bytes
     return (f"needs about {peak.total_bytes / GiB:.1f} GiB on pp rank {peak.pp_rank} "
-            f"({peak.state_bytes / GiB:.1f} weights+grads+AdamW, {peak.activation_bytes / GiB:.1f} activations, "
-            f"{(peak.gathered_bytes + peak.logits_bytes) / GiB:.1f} gathered blocks+logits) but a "
-            f"{c.gpu_model or 'GPU'} has {c.gpu_memory_gb:g} GiB, {c.memory_reserve_gb:g} GiB of it reserved; "
-            f"shard more (parallel.dp_shard, parallel.tp, parallel.pp), set parallel.activation_checkpoint=full "
-            f"or lower data.micro_batch_size")
+            f"({peak.state_bytes / GiB:.1f} weights+grads+AdamW, {peak.fsdp_bytes / GiB:.1f} FSDP gathered "
+            f"weights+unsharded grads, {(b['activations'] + b['working']) / GiB:.1f} activations, "
+            f"{b['logits'] / GiB:.1f} logits) but a {c.gpu_model or 'GPU'} has {c.gpu_memory_gb:g} GiB, "
+            f"{c.memory_reserve_gb:g} GiB of it reserved; shard more (parallel.dp_shard, parallel.tp, parallel.pp), "
+            f"set parallel.activation_checkpoint=full or lower data.micro_batch_size")
+
+
+__all__ = ["COMPONENTS", "GiB", "MemoryEstimate", "RankPlan", "estimate_memory", "fit_problem", "rank_plan"]

@@ -13,7 +13,8 @@ from typing import Dict, Iterator, List, Optional
 
 from ..config import ConfigError, TrainConfig
 from ..validation import validate_train_config
-from .memory import GiB, estimate_memory
+from .layout import GiB, step_micro_batches
+from .memory import estimate_memory
 from .throughput import StepTime, predict_step
 
 TENSOR_PARALLEL = (1, 2, 4, 8)
@@ -64,15 +65,10 @@ class PlannedLayout:
                 f"{self.billing_unit}{energy}")
 
 
-def _micro_batches(cfg: TrainConfig) -> int:
-    par, d = cfg.parallel, cfg.data
-    return d.global_batch_size // (d.micro_batch_size * par.dp_shard * par.dp_replicate)
-
-
 def evaluate(cfg: TrainConfig, tokens: float) -> PlannedLayout:
     """Memory, speed and cost of exactly ``cfg``'s layout for a budget of ``tokens``."""
     par, c = cfg.parallel, cfg.cluster
-    step: StepTime = predict_step(cfg.model, par, cfg.data, c, _micro_batches(cfg), par.pp_virtual_stages)
+    step: StepTime = predict_step(cfg.model, par, cfg.data, c, step_micro_batches(cfg), par.pp_virtual_stages)
     memory = estimate_memory(cfg)
     peak = memory.peak
     fits = memory.fits(c.gpu_memory_gb, c.memory_reserve_gb) if c.gpu_memory_gb > 0 else True
@@ -91,9 +87,7 @@ def evaluate(cfg: TrainConfig, tokens: float) -> PlannedLayout:
         wall_clock_days=seconds / SECONDS_PER_DAY, gpu_hours=gpu_hours, node_hours=node_hours,
         billed=gpu_hours / per_unit, billing_unit=c.billing.unit,
         energy_mwh=(node_hours * c.node_power_w / 1e6) if c.node_power_w > 0 else None,
-        memory_by_component_gib={
-            "weights_grads_optimizer": peak.state_bytes / GiB, "gathered_parameters": peak.gathered_bytes / GiB,
-            "activations": peak.activation_bytes / GiB, "logits": peak.logits_bytes / GiB},
+        memory_by_component_gib={name: value / GiB for name, value in peak.bytes.items()},
         step_parts_s={"compute": step.compute_s, "tp_communication": step.tp_comm_s, "pp_bubble": step.pp_bubble_s,
                       "pp_sends": step.pp_send_s, "dp_communication_exposed": step.dp_exposed_s},
     )

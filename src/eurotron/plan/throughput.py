@@ -28,6 +28,7 @@ from typing import Optional
 from ..config import ClusterConfig, DataConfig, ModelConfig, ParallelConfig
 from .flops import matmul_parameters, model_flops_per_token
 from .gpus import GpuSpec, match_gpu
+from .layout import schedule
 
 # Compiled blocks over eager ones: torchtitan, Llama-3.1-8B on 8x H100, 6,667 / 5,762 tokens/s/GPU.
 EAGER_SLOWDOWN = 5762 / 6667
@@ -65,19 +66,16 @@ class StepTime:
         return self.tokens_per_s_per_gpu * self.model_flops_per_token / self.peak_flops
 
 
-def bubble_fraction(schedule: str, pp: int, stages_per_rank: int, micro_batches: int) -> float:
-    """Idle share of a pipeline step: (pp-1)/(n+pp-1) for GPipe/1F1B; interleaving divides the fill by
-    the stages per rank; the zero-bubble schedules (split backward) fill the rest with weight-gradient
-    work, leaving about a third of the interleaved bubble (Qi et al. 2023, ZB-H1 ~ 1/3)."""
+def bubble_fraction(schedule_name: str, pp: int, stages_per_rank: int, micro_batches: int) -> float:
+    """Idle share of a pipeline step: (pp-1)/(n+pp-1) for one stage per rank (GPipe, 1F1B); several
+    stages per rank divide the fill by their number; schedules that split the backward fill the rest
+    with weight-gradient work, leaving about a third of that (Qi et al. 2023, ZB-H1 ~ 1/3)."""
     if pp <= 1:
         return 0.0
-    v, n = max(stages_per_rank, 1), micro_batches
-    if schedule in ("gpipe", "1f1b"):
-        return (pp - 1) / (n + pp - 1)
-    interleaved = (pp - 1) / (v * n + pp - 1)
-    if schedule in ("interleaved_zb", "zbv_zero_bubble", "dualpipev"):
-        return interleaved / 3
-    return interleaved  # interleaved_1f1b, looped_bfs
+    kind = schedule(schedule_name)
+    v = max(stages_per_rank, 1) if kind.multi_stage else 1
+    bubble = (pp - 1) / (v * micro_batches + pp - 1)
+    return bubble / 3 if kind.split_backward else bubble
 
 
 def _gpu(cluster: ClusterConfig) -> GpuSpec:

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from ..config import ConfigError, TrainConfig
 from ..data.blend import open_train_dataset
 from ..data.goldfish import build_batch_transform, dropped_fraction_record
-from ..data.loader import BatchLoader, TokenDataset
+from ..data.loader import BatchLoader, TokenDataset, eval_batches
 from ..data.prefetch import wrap_loader
 from ..model import build_model, count_parameters, model_flops_per_token
 from ..model.linear import onednn_available, set_cpu_matmul
@@ -33,9 +33,10 @@ from ..parallel.env import ProcessEnv, is_main_process, process_env, select_devi
 from ..parallel.layout import format_layout, gather_counts
 from ..parallel.mesh import build_mesh, init_distributed, resolve_backend
 from ..parallel.parallelize import parallelize
+from ..plan.layout import world_size_problem
 from .checkpoint import CheckpointManager, load_checkpoint
 from . import checkpoint_run_dir, preemption, resume_config
-from .loss import summed_cross_entropy
+from ..model.loss import summed_cross_entropy
 from .goodput import Goodput
 from .hf_export import HFExporter
 from .metrics import MetricsLogger
@@ -62,11 +63,9 @@ class Trainer:
             torch.set_num_threads(cfg.cluster.cpu_threads)
         # On GPUs the choice only concerns stray CPU matmuls: a build without oneDNN keeps PyTorch's.
         set_cpu_matmul(cfg.cluster.cpu_matmul if onednn_available() else "aten")
-        if cfg.parallel.world_size != self.env.world_size:  # before any process group starts
-            raise ConfigError(
-                f"parallel: the layout needs pp*dp_replicate*dp_shard*tp={cfg.parallel.world_size} processes "
-                f"but {self.env.world_size} were launched; change the layout or the launch"
-            )
+        problem = world_size_problem(cfg.parallel, self.env.world_size)
+        if problem:  # before any process group starts
+            raise ConfigError(f"parallel: {problem}")
         init_distributed(self.env, self.device, cfg.cluster.backend, cfg.cluster.collective_timeout_minutes)
         checkpoint_run_dir.check(self.run_dir, cfg.checkpoint.resume)  # before any work: writable, no clobbering
         self.pmesh = build_mesh(cfg.parallel, self.device)
@@ -261,24 +260,17 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss over kept tokens of the first eval.batches global batches of the eval split."""
+        """Mean loss over kept tokens of the first eval.batches global batches of the eval split (at most
+        one pass over it: a small split is not counted twice)."""
         assert self.eval_dataset is not None
-        loader = BatchLoader(
-            self.eval_dataset,
-            seq_len=self.cfg.data.seq_len,
-            global_batch_size=self.cfg.data.global_batch_size,
-            micro_batch_size=self.cfg.data.micro_batch_size,
-            dp_rank=self.dp_rank,
-            dp_size=self.dp_size,
-            seed=self.cfg.data.seed,
-            shuffle=False,
-        )
+        d = self.cfg.data
+        batches = eval_batches(self.eval_dataset, d.seq_len, d.global_batch_size, d.micro_batch_size,
+                               self.cfg.eval.batches, dp_rank=self.dp_rank, dp_size=self.dp_size)
         for part in self.model_parts:
             part.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         kept = torch.zeros((), dtype=torch.float64, device=self.device)
-        for _ in range(self.cfg.eval.batches):
-            micro_batches = loader.next_step()
+        for micro_batches in batches:
             loss_sum += self.parallel.eval_loss_sum(micro_batches, summed_cross_entropy)
             kept += sum(mb["loss_mask"].sum() for mb in micro_batches).to(self.device, torch.float64)
         for part in self.model_parts:

@@ -148,17 +148,6 @@ class ReportBuilder:
         self.with_url = 0
 
     # ------------------------------------------------------------------------------------ adding
-    def bad_record(self, kind: str, where: str) -> None:
-        self.read += 1
-        self.bad[kind] += 1
-        examples = self.bad_examples.setdefault(kind, [])
-        if len(examples) < EXAMPLES_PER_KIND:
-            examples.append(where)
-
-    def empty_record(self) -> None:
-        self.read += 1
-        self.empty += 1
-
     def add_batch(self, kinds: Sequence[str], where: Sequence[Optional[str]], hosts: Sequence[Optional[str]],
                   langs: Sequence[Any], dates: Sequence[Any], chars: Sequence[int], tokens: Sequence[int],
                   reasons: Sequence[Optional[str]], details: Sequence[Any], pii: Dict[int, Dict[str, int]]) -> None:

@@ -114,7 +114,3 @@ def split_origin(origin: str) -> tuple[str, str, Optional[int]]:
     parts = urlsplit(origin)
     return parts.scheme, parts.hostname or "", parts.port
 
-
-def canonical_origin(value: str) -> str:
-    """The origin of a URL or origin string, in the spelling `parse_url` gives."""
-    return parse_url(value).origin

@@ -1,5 +1,8 @@
 """Next-token cross-entropy summed over kept tokens; the trainer divides by the global kept count.
 
+It lives with the model so that ``parallel/`` (the pipeline's last stage computes it) needs nothing
+from ``train/``.
+
 Summing here and dividing once by the number of kept tokens in the whole global batch (all
 micro-batches, all data-parallel ranks) makes every layout compute the same gradient (DESIGN.md 5).
 """
