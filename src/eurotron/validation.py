@@ -15,6 +15,7 @@ from .config import ConfigError, TrainConfig
 from .model.linear import CPU_MATMUL_BACKENDS, onednn_available
 from .model.masks import ATTENTION_BACKENDS
 from .plan.gpus import match_gpu
+from .validation_deepspeed import check_deepspeed
 
 MODEL_FAMILIES = ("llama", "mistral", "apertus")
 MLP_KINDS = ("swiglu", "xielu")
@@ -22,7 +23,7 @@ ROPE_SCALINGS = ("none", "llama3")
 PP_SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b", "looped_bfs", "interleaved_zb", "zbv_zero_bubble", "dualpipev")
 # Schedules that run several (virtual) stages per rank.
 MULTI_STAGE_SCHEDULES = ("interleaved_1f1b", "looped_bfs", "interleaved_zb", "zbv_zero_bubble", "dualpipev")
-DP_ENGINES = ("fsdp", "ddp")
+DP_ENGINES = ("fsdp", "ddp", "deepspeed")
 AC_MODES = ("none", "full", "selective", "selective_op")
 FSDP_GRAD_SYNCS = ("micro_batch", "last")
 FSDP_RESHARD_CHOICES = ("auto", "true", "false")
@@ -368,6 +369,7 @@ def validate_train_config(cfg: TrainConfig, world_size: Optional[int] = None) ->
     _check_model(cfg, p)
     _check_parallel(cfg, p)
     _check_parallel_composition(cfg, p)
+    check_deepspeed(cfg, p)
     _check_data(cfg, p)
     _check_loss_optim_schedule(cfg, p)
     _check_run(cfg, p)

@@ -18,7 +18,7 @@ from typing import Callable, List, Optional
 import torch
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import TrainConfig, micro_batches_per_step
 from ..model.transformer import Transformer
 from .compile import checkpoint_and_compile
 from .data import apply_ddp, apply_fsdp, gradient_sync, unwrap
@@ -56,6 +56,11 @@ class ParallelModel:
     def modules(self) -> List[Transformer]:
         """The Transformer of each part (inside DDP if wrapped)."""
         return [unwrap(p) for p in self.parts]
+
+    @property
+    def steps_in_engine(self) -> bool:
+        """Whether reduce, clip and update happen in one engine call (DeepSpeed), not in the trainer."""
+        return False
 
     @property
     def tp_enabled(self) -> bool:
@@ -166,7 +171,7 @@ def parallelize(cfg: TrainConfig, pmesh: ParallelMesh, device: torch.device, see
         parts.append(part)
     model = ParallelModel(cfg, pmesh, device, parts, stage_ids, ranges, dtype, checkpointed)
     if par.pp > 1 and materialize:
-        n_micro = cfg.data.global_batch_size // (cfg.data.micro_batch_size * par.dp)
+        n_micro = micro_batches_per_step(cfg.data.global_batch_size, cfg.data.micro_batch_size, par.dp)
         model.pipeline = PipelineRunner(parts, stage_ids, pmesh, device, n_micro, model.compute_context)
         if cfg.model.tie_embeddings:
             model.tied_sync = TiedEmbeddingSync(parts, stage_ids, num_stages, pmesh)
