@@ -125,7 +125,7 @@ def test_one_process_resumes_zero2_and_convert_to_hf(launched, ds_references, da
     from eurotron.convert import convert_to_hf
     from transformers import AutoModelForCausalLM
 
-    convert_to_hf(launched / "zero3", tmp_path / "hf", dtype="float32", progress=False)
+    convert_to_hf(launched / "zero3", tmp_path / "hf", dtype="fp32", progress=False)
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     from eurotron.generation import load_model_from_checkpoint
 

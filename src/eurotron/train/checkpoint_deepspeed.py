@@ -80,8 +80,13 @@ def _state(model, mesh, value_of: Callable[[torch.nn.Parameter, Optional[str]], 
     return state
 
 
+def _has_state(optimizer: torch.optim.Optimizer) -> bool:
+    # ZeRO-3 touches optimizer.state (a defaultdict) before any step: empty entries are no state.
+    return any(optimizer.state.values())
+
+
 def _step_count(model) -> torch.Tensor:
-    states = list(model.engine.optimizer.optimizer.state.values())
+    states = [st for st in model.engine.optimizer.optimizer.state.values() if st]
     if not states:
         return torch.zeros((), dtype=torch.float32)
     return states[0]["step"].detach().float().cpu().reshape(())
@@ -107,30 +112,32 @@ def _template(model, mesh) -> Dict[str, Any]:
     return _state(model, mesh, value_of, torch.zeros((), dtype=torch.float32))
 
 
-def _ensure_optimizer_state(model) -> None:
-    """Give AdamW its state before the first step (zero moments, as a fresh step would): a zero-gradient
-    step at lr 0, keeping DeepSpeed's own gradient buffers (CPU offload accumulates into them)."""
-    optimizer = model.engine.optimizer.optimizer
-    if optimizer.state:
-        return
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    grads, lrs = [p.grad for p in params], [g["lr"] for g in optimizer.param_groups]
-    for p in params:
-        p.grad = torch.zeros_like(p)
-    for g in optimizer.param_groups:
-        g["lr"] = 0.0
-    optimizer.step()
-    for p, grad in zip(params, grads):
-        p.grad = grad
-    for g, lr in zip(optimizer.param_groups, lrs):
-        g["lr"] = lr
+def _flat_partitions(zero) -> List[torch.Tensor]:
+    """The fp32 master partitions AdamW updates (ZeRO-3 lends them to AdamW's groups only inside step)."""
+    if hasattr(zero, "fp32_partitioned_groups_flat"):
+        return list(zero.fp32_partitioned_groups_flat)
+    return list(zero.single_partition_of_fp32_groups)
 
+
+def _ensure_optimizer_state(model) -> None:
+    """Give AdamW its state before its first step, as that step would create it (zero moments, step
+    0), so the checkpoint's values can be copied in."""
+    optimizer = model.engine.optimizer.optimizer
+    if _has_state(optimizer):
+        return
+    on_device = bool(optimizer.defaults.get("fused") or optimizer.defaults.get("capturable"))
+    for flat in _flat_partitions(model.engine.optimizer):
+        optimizer.state[flat] = {
+            "step": torch.zeros((), dtype=torch.float32, device=flat.device if on_device else "cpu"),
+            "exp_avg": torch.zeros_like(flat, memory_format=torch.preserve_format),
+            "exp_avg_sq": torch.zeros_like(flat, memory_format=torch.preserve_format),
+        }
 
 def _link_optimizer_state(model) -> None:
     """ZeRO-1/2 map each parameter's fragment into AdamW's moments once, after its first step, when
     only the first group has state (0.19.8 steps group by group): map again now every group has it."""
     zero = model.engine.optimizer
-    if hasattr(zero, "_lazy_init_hp_params_optimizer_state") and model.engine.optimizer.optimizer.state:
+    if hasattr(zero, "_lazy_init_hp_params_optimizer_state") and _has_state(zero.optimizer):
         zero._hp_optimizer_states_linked = False
         zero._lazy_init_hp_params_optimizer_state()
 
@@ -182,6 +189,7 @@ def _restore_groups(model, optim: Dict[str, Any]) -> None:
             saved = optim.get(f"param_groups.{first}.{key}")
             if key not in IMPLEMENTATION_KEYS and saved is not None:
                 group[key] = saved
-        step = optim[f"state.{first}.step"]
-        for p in group["params"]:
-            optimizer.state[p]["step"].copy_(step.to(optimizer.state[p]["step"].device))
+    step = optim[f"state.{model.group_names[0][0]}.step"]  # one count for every parameter
+    for st in optimizer.state.values():
+        if st:
+            st["step"].copy_(step.to(st["step"].device))

@@ -250,7 +250,8 @@ class Trainer:
                 optimizer.found_inf = found_inf
                 optimizer.step()
             scheduler.step()  # the schedule advances on skipped steps too (nonfinite.py)
-            optimizer.zero_grad(set_to_none=True)
+            if not engine:  # DeepSpeed clears its own; with CPU offload AdamW's .grad are its buffers
+                optimizer.zero_grad(set_to_none=True)
         self.step += 1  # skipped or not, the batch is consumed (as Megatron-LM and OLMo do)
         tokens = self.cfg.data.global_batch_size * self.cfg.data.seq_len
         self.tokens_seen += tokens
