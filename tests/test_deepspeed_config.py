@@ -1,0 +1,72 @@
+"""parallel.dp_engine=deepspeed without DeepSpeed installed: the generated DeepSpeed config and the
+checks that refuse what it cannot do, before any process starts (issue 16 points 1 and 2)."""
+
+from __future__ import annotations
+
+import pytest
+
+from eurotron.compose import compose_train
+from eurotron.config import ConfigError
+from eurotron.parallel.deepspeed_config import deepspeed_config
+from eurotron.validation import validate_train_config
+
+BASE = ["experiment=demo", "data.path=unused", "data.global_batch_size=16", "data.micro_batch_size=2",
+        "optim.grad_clip=0.5"]
+
+
+def composed(*extra: str):
+    cfg, _ = compose_train(BASE + ["parallel=dp2_zero2", *extra])
+    return cfg
+
+
+@pytest.mark.parametrize("layout", ["dp2_zero1", "dp2_zero2", "dp2_zero3", "dp2_zero3_offload"])
+def test_shipped_layouts_validate(layout):
+    cfg, _ = compose_train(BASE + [f"parallel={layout}"])
+    validate_train_config(cfg, world_size=2)
+
+
+def test_config_is_generated_from_eurotrons():
+    cfg = composed("parallel.deepspeed.zero_stage=3", "parallel.deepspeed.offload_optimizer=cpu",
+                   "parallel.deepspeed.offload_params=nvme", "parallel.deepspeed.nvme_path=/local/nvme",
+                   "parallel.deepspeed.zero_hpz_partition_size=2", "+parallel.deepspeed.config_overrides.zero_optimization.sub_group_size=1000")
+    ds = deepspeed_config(cfg, bf16=True, on_gpu=True)
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (16, 2, 4)
+    assert ds["gradient_clipping"] == 0.5 and ds["bf16"] == {"enabled": True}
+    assert "optimizer" not in ds and "scheduler" not in ds  # eurotron's AdamW and schedule
+    zero = ds["zero_optimization"]
+    assert zero["stage"] == 3 and zero["offload_optimizer"] == {"device": "cpu", "pin_memory": True}
+    assert zero["offload_param"] == {"device": "nvme", "pin_memory": True, "nvme_path": "/local/nvme"}
+    assert zero["zero_hpz_partition_size"] == 2 and zero["sub_group_size"] == 1000  # the override merged in
+    assert deepspeed_config(composed(), bf16=False, on_gpu=False)["bf16"] == {"enabled": False}
+
+
+@pytest.mark.parametrize("extra, key, fix", [
+    (["parallel.pp=2", "parallel.dp_shard=1"], "parallel.pp=2", "PipelineEngine supports ZeRO-1 only"),
+    (["parallel.tp=2", "parallel.dp_shard=1"], "parallel.tp=2", "parallel.dp_engine=fsdp for TP x DP"),
+    (["parallel.dp_shard=1", "parallel.dp_replicate=2"], "parallel.dp_replicate=2", "use parallel.dp_shard"),
+    (["parallel.deepspeed.zero_stage=4"], "parallel.deepspeed.zero_stage=4", "must be 1"),
+    (["parallel.deepspeed.offload_params=cpu"], "parallel.deepspeed.offload_params='cpu'", "zero_stage=3"),
+    (["parallel.deepspeed.offload_optimizer=disk"], "parallel.deepspeed.offload_optimizer='disk'", "none, cpu, nvme"),
+    (["parallel.deepspeed.zero_stage=3", "parallel.deepspeed.offload_optimizer=nvme"],
+     "parallel.deepspeed.nvme_path=''", "node-local NVMe"),
+    (["parallel.deepspeed.offload_optimizer=nvme", "parallel.deepspeed.nvme_path=/x"],
+     "parallel.deepspeed.offload_optimizer='nvme'", "needs ZeRO-3"),
+    (["parallel.deepspeed.zero_quantized_weights=true"], "zero_quantized_weights=True", "ZeRO-3"),
+    (["parallel.deepspeed.zero_stage=3", "parallel.deepspeed.zero_hpz_partition_size=3"],
+     "zero_hpz_partition_size=3", "must divide the data-parallel size 2"),
+    (["+parallel.deepspeed.config_overrides.train_batch_size=64"],
+     "config_overrides.train_batch_size=64", "set data.global_batch_size instead"),
+    (["+parallel.deepspeed.config_overrides.zero_optimization.stage=3"],
+     "config_overrides.zero_optimization.stage=3", "parallel.deepspeed.zero_stage"),
+    (["+parallel.deepspeed.config_overrides.optimizer.type=Adam"], "config_overrides.optimizer", "optim.*"),
+    (["+parallel.deepspeed.config_overrides.zero_optimisation.stage=3"], "config_overrides.zero_optimisation",
+     "not a DeepSpeed setting"),
+    (["train.spike_sigma=3"], "train.spike_sigma=3", "engine.step()"),
+    (["parallel.compile=true"], "parallel.compile=True", "dp_engine=fsdp"),
+])
+def test_refused_before_start(extra, key, fix):
+    cfg = composed(*extra)
+    with pytest.raises(ConfigError) as err:
+        validate_train_config(cfg)
+    message = str(err.value)
+    assert key in message and fix in message, message
