@@ -135,3 +135,31 @@ def test_one_process_resumes_zero2_and_convert_to_hf(launched, ds_references, da
         want = ours(ids, torch.arange(16).unsqueeze(0))
         got = hf(ids).logits
     assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+
+
+def test_a_nonfinite_gradient_is_skipped_by_every_zero_stage(data, tmp_path):
+    """NaN gradients on one rank: DeepSpeed skips the update (ZeRO-1/2 and ZeRO-3 alike), eurotron's guard
+    records the step as skipped on both ranks, the schedule moves on, and training continues finite."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    tests = Path(__file__).resolve().parent
+    runs = [{"name": stage, "overrides": overrides(data, tmp_path / stage, "llama", f"parallel=dp2_{stage}",
+                                                   "checkpoint.every=0", "logging.log_every=1"),
+             "scale_nan": {"0": [2]}} for stage in ("zero2", "zero3")]
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"runs": runs}))
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node=2",
+           str(tests / "guards_worker.py"), str(spec)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    for stage in ("zero2", "zero3"):
+        for rank in (0, 1):
+            outcome = json.loads((tmp_path / stage / f"rank{rank}.json").read_text())
+            assert outcome["skipped"] == [2] and outcome["scheduler_epoch"] == 6, (stage, outcome)
+            assert outcome["optimizer_steps"] == [5], (stage, outcome)  # AdamW stepped 5 times of 6
+        got = metrics(tmp_path / stage)
+        assert got[2]["skipped"] and all(got[s]["loss"] == got[s]["loss"] for s in (3, 4, 5, 6)), got

@@ -31,7 +31,7 @@ def test_config_is_generated_from_eurotrons():
                    "parallel.deepspeed.zero_hpz_partition_size=2", "+parallel.deepspeed.config_overrides.zero_optimization.sub_group_size=1000")
     ds = deepspeed_config(cfg, bf16=True, on_gpu=True)
     assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (16, 2, 4)
-    assert ds["gradient_clipping"] == 0.5 and ds["bf16"] == {"enabled": True}
+    assert ds["gradient_clipping"] == 0.5 and ds["bf16"] == {"enabled": True, "check_grad_overflow": True}
     assert "optimizer" not in ds and "scheduler" not in ds  # eurotron's AdamW and schedule
     zero = ds["zero_optimization"]
     assert zero["stage"] == 3 and zero["offload_optimizer"] == {"device": "cpu", "pin_memory": True}

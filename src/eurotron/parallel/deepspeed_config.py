@@ -85,7 +85,8 @@ def generated_config(cfg: TrainConfig, bf16: bool, on_gpu: bool) -> Dict[str, An
         "gradient_accumulation_steps": micro_batches_per_step(d.global_batch_size, d.micro_batch_size, par.dp),
         # 0 disables clipping in eurotron and in DeepSpeed alike.
         "gradient_clipping": float(cfg.optim.grad_clip),
-        "bf16": {"enabled": bf16},
+        # A non-finite gradient skips the update (ZeRO-1/2 in bf16 check only when asked).
+        "bf16": {"enabled": bf16, "check_grad_overflow": True} if bf16 else {"enabled": False},
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,

@@ -15,6 +15,7 @@ the one after the last micro-batch (``step``) reduces, clips and updates.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
@@ -50,12 +51,7 @@ class DeepSpeedModel(ParallelModel):
 
     def compute_context(self):
         # DeepSpeed's bf16 mode keeps the module in bf16 itself (fp32 masters in the optimizer).
-        import contextlib
-
         return contextlib.nullcontext()
-
-    def named_parameters(self):
-        return list(self.engine.module.named_parameters())
 
     def forward_backward(self, micro_batches, scale: torch.Tensor, loss_fn: Callable) -> torch.Tensor:
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
@@ -84,8 +80,9 @@ class DeepSpeedModel(ParallelModel):
         returns the gradient norm before clipping (inf where DeepSpeed found a non-finite gradient)."""
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
-        if norm is None:
-            norm = float("nan")
+        # ZeRO-3 leaves the previous norm in place when it skips: report the skip as eurotron does.
+        if norm is None or getattr(self.engine.optimizer, "overflow", False):
+            norm = float("inf")
         if isinstance(norm, torch.Tensor):
             return norm.detach().float().to(self.device)
         return torch.tensor(float(norm), dtype=torch.float32, device=self.device)
