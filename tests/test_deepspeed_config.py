@@ -70,3 +70,50 @@ def test_refused_before_start(extra, key, fix):
         validate_train_config(cfg)
     message = str(err.value)
     assert key in message and fix in message, message
+
+
+# ------------------------------------------------------------------ memory planner (plan/deepspeed_memory.py)
+def _recipe(*extra: str):
+    cfg, _ = compose_train(["experiment=karolina_llama3_70b", "data.path=/data/tokens", "cluster.slurm.account=x",
+                            "parallel.tp=1", "parallel.pp=1", "parallel.pp_virtual_stages=1", "parallel.compile=false",
+                            "parallel.sequence_parallel=false", "parallel.dp_engine=deepspeed", "data.seq_len=4096",
+                            "data.global_batch_size=1024", *extra])
+    return cfg
+
+
+def test_planner_counts_what_each_zero_stage_keeps_where():
+    from eurotron.plan.deepspeed_memory import deepspeed_memory
+
+    params, dp = 70_000_000_000, 32
+    cases = {  # (stage, offload_optimizer) -> (GPU bytes, host bytes), bf16: w = g = 2 B, o = 12 B
+        (1, "none"): (params * 4 + params * 12 // dp, 0),
+        (2, "none"): (params * 2 + params * 14 // dp, 0),
+        (3, "none"): (params * 16 // dp, 0),
+        (3, "cpu"): (params * 4 // dp, params * 16 // dp),
+        (3, "nvme"): (params * 4 // dp, 0),
+    }
+    for (stage, offload), (gpu, host) in cases.items():
+        cfg = _recipe(f"parallel.dp_shard={dp}", f"parallel.deepspeed.zero_stage={stage}",
+                      f"parallel.deepspeed.offload_optimizer={offload}", "parallel.deepspeed.nvme_path=/nvme")
+        got = deepspeed_memory(cfg, params)
+        assert abs(got.gpu_state_bytes - gpu) <= 2 and abs(got.host_bytes - host) <= 2, (stage, offload, got)
+    cfg = _recipe(f"parallel.dp_shard={dp}", "parallel.deepspeed.zero_stage=3", "parallel.deepspeed.offload_params=cpu",
+                  "parallel.deepspeed.offload_optimizer=cpu")
+    got = deepspeed_memory(cfg, params)
+    assert got.gpu_state_bytes == params * 2 // dp and got.host_bytes == params * 18 // dp  # gradients only
+
+
+def test_planner_refuses_what_does_not_fit_a_node_or_a_gpu():
+    from eurotron.plan.memory import fit_problem
+
+    # 70B on A100-40GB: the fp32 model does not fit one GPU before DeepSpeed partitions it (no zero.Init yet).
+    problem = fit_problem(_recipe("parallel.dp_shard=32", "parallel.deepspeed.zero_stage=3",
+                                  "parallel.deepspeed.offload_optimizer=cpu"))
+    assert problem and "deepspeed.zero.Init" in problem, problem
+    # An 8B model with its optimizer offloaded from one 8-GPU node: 8 x 8B x 16 B / 8 ranks = 128 GB of
+    # host memory, within the 1 TB node; with a 1 GB node (made up) it is refused naming the node RAM.
+    small = ["model=llama3_8b", "parallel.dp_shard=8", "parallel.deepspeed.zero_stage=3",
+             "parallel.deepspeed.offload_optimizer=cpu", "parallel.activation_checkpoint=full", "data.seq_len=2048"]
+    assert fit_problem(_recipe(*small)) is None
+    problem = fit_problem(_recipe(*small, "cluster.host_memory_gb=100", "cluster.host_memory_reserve_gb=0"))
+    assert problem and "host memory" in problem and "100 GiB" in problem, problem

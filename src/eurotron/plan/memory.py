@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from ..config import ModelConfig, ParallelConfig, TrainConfig
+from .deepspeed_memory import deepspeed_memory, host_problem, startup_problem
 
 GiB = 2**30
 STATE_BYTES_PER_PARAM = 16      # fp32 weight + fp32 grad + AdamW exp_avg + exp_avg_sq
@@ -188,11 +189,14 @@ def estimate_memory(cfg: TrainConfig) -> MemoryEstimate:
         params = int(-(-local // fsdp_shards))
         in_flight = micro_batches_in_flight(par, pp_rank, n_micro)
         logits = int(tokens * m.vocab_size / par.tp * LOGIT_BYTES) if has_output else 0
+        state = params * STATE_BYTES_PER_PARAM
+        if par.dp_engine == "deepspeed":  # ZeRO stage and offload decide what stays on the GPU
+            state = deepspeed_memory(cfg, params).gpu_state_bytes
         est.ranks.append(RankMemory(
             pp_rank=pp_rank,
             layers=layers,
             params=params,
-            state_bytes=params * STATE_BYTES_PER_PARAM,
+            state_bytes=state,
             gathered_bytes=block_compute if layers else 0,
             activation_bytes=_activation_bytes(m, par, layers, tokens, in_flight),
             logits_bytes=logits,
@@ -206,6 +210,10 @@ def fit_problem(cfg: TrainConfig, est: Optional[MemoryEstimate] = None) -> Optio
     if c.gpu_memory_gb <= 0:
         return None
     est = est or estimate_memory(cfg)
+    params = est.ranks[0].params if est.ranks else 0  # DeepSpeed runs pp=1 tp=1: the whole model
+    ds_problem = startup_problem(cfg, params) or host_problem(cfg, params, max(c.gpus_per_node, 1))
+    if ds_problem:
+        return ds_problem
     if est.fits(c.gpu_memory_gb, c.memory_reserve_gb):
         return None
     peak = est.peak
