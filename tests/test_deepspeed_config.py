@@ -117,3 +117,20 @@ def test_planner_refuses_what_does_not_fit_a_node_or_a_gpu():
     assert fit_problem(_recipe(*small)) is None
     problem = fit_problem(_recipe(*small, "cluster.host_memory_gb=100", "cluster.host_memory_reserve_gb=0"))
     assert problem and "host memory" in problem and "100 GiB" in problem, problem
+
+
+@pytest.mark.parametrize("pattern", ["torchrun", "srun"])
+def test_slurm_job_runs_deepspeed_like_any_layout(pattern, tmp_path):
+    """The Slurm templates need nothing DeepSpeed-specific: eurotron-train starts the process group
+    (torchrun per node, or srun one task per GPU with RANK/LOCAL_RANK) and hands it to DeepSpeed."""
+    import subprocess
+
+    from launch_support import render, system_overrides
+
+    job = render(system_overrides("karolina", "parallel=dp2_zero3_offload", "parallel.dp_shard=16",
+                                  f"cluster.launcher.pattern={pattern}"), tmp_path / "run")
+    script = tmp_path / "job.sbatch"
+    script.write_text(job.script)
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert "eurotron-train" in job.script and ("torchrun" in job.script) == (pattern == "torchrun")
+    assert job.plan.world_size == 16 and job.plan.nodes == 2
