@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(
            "DS_BUILD_OPS=0 pip install --no-build-isolation -e '.[deepspeed]' (make install does)",
 )
 
-VARIANTS_USED = ("llama", "goldfish")
+VARIANTS_USED = ("llama", "goldfish", "init_from")
 GOLDFISH = ["loss=goldfish", "loss.k=4", "loss.h=3"]
 
 TRAINED = [
@@ -39,6 +39,8 @@ TRAINED = [
     ("zero3_offload", "llama", ["parallel=dp2_zero3_offload"]),
     ("zero2_offload", "llama", ["parallel=dp2_zero2", "parallel.deepspeed.offload_optimizer=cpu"]),
     ("fsdp", "goldfish", ["parallel=dp2_fsdp"]),
+    ("zero3_init_from", "init_from", ["parallel=dp2_zero3"]),
+    ("zero1_init_from", "init_from", ["parallel=dp2_zero1"]),
 ]
 # (name, variant, layout, resumed from (run, step)); compared with the reference over steps 4-6.
 RESUMED = [
@@ -53,6 +55,8 @@ RESUMED = [
 def variant_overrides(data_dir: Path, run_dir: Path, variant: str, *layout: str):
     if variant == "goldfish":
         return overrides(data_dir, run_dir, "llama", *GOLDFISH, *layout)
+    if variant == "init_from":  # continued pre-training: the llama reference's final weights, fresh AdamW
+        return overrides(data_dir, run_dir, "llama", f"train.init_from={run_dir.parent.parent}/INIT", *layout)
     return overrides(data_dir, run_dir, variant, *layout)
 
 
@@ -61,6 +65,8 @@ def ds_references(data, tmp_path_factory):
     root = tmp_path_factory.mktemp("ds_reference")
     for variant in VARIANTS_USED:
         train_here(variant_overrides(data, root / variant, variant))
+        if variant == "llama":  # the weights every init_from run starts from, at a path all runs share
+            (root.parent / "INIT").symlink_to(root / "llama")
     return {v: root / v for v in VARIANTS_USED}
 
 
@@ -77,8 +83,9 @@ def launched(data, ds_references, tmp_path_factory):
 
 
 def test_zero_stages_and_offload_match_one_process(launched, ds_references):
-    """ZeRO-1, ZeRO-2 (Goldfish), ZeRO-3, ZeRO-3 and ZeRO-2 with CPU optimizer offload: loss, gradient
-    norm and eval loss of every step within 1e-5 of one process, and the same final weights."""
+    """ZeRO-1, ZeRO-2 (Goldfish), ZeRO-3, ZeRO-3 and ZeRO-2 with CPU optimizer offload, and ZeRO-3 and
+    ZeRO-1 starting from another run's weights (train.init_from): loss, gradient norm and eval loss of
+    every step within 1e-5 of one process, and the same final weights."""
     problems, summary = [], {}
     for name, variant, _ in TRAINED:
         found, worst = compare(launched / name, ds_references[variant], range(1, 7))
