@@ -3,7 +3,8 @@ single-process run, and their checkpoints are eurotron's layout-free DCP format.
 
 One torchrun launch (2 ranks, gloo, DS_ACCELERATOR=cpu) trains, with the real Trainer and the same
 tiny model and settings as test_parallel_dist.py (6 fp32 AdamW steps, clipping, eval every 3 steps):
-ZeRO-1, ZeRO-2 with Goldfish loss, ZeRO-3, ZeRO-3 and ZeRO-2 with the optimizer offloaded to the CPU;
+ZeRO-1, ZeRO-2 with Goldfish loss, ZeRO-3 (also with tied embeddings), ZeRO-3 and ZeRO-2 with the
+optimizer offloaded to the CPU, ZeRO-3 and ZeRO-1 from another run's weights (train.init_from);
 then resumes across engines: FSDP2 and TP2 from ZeRO checkpoints, ZeRO from a single-process and an
 FSDP2 checkpoint, and ZeRO-3 from its own (kill and resume: bitwise). One process resumes a ZeRO-2
 checkpoint, and `eurotron-convert to-hf` converts a ZeRO-3 one.
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.skipif(
            "DS_BUILD_OPS=0 pip install --no-build-isolation -e '.[deepspeed]' (make install does)",
 )
 
-VARIANTS_USED = ("llama", "goldfish", "init_from")
+VARIANTS_USED = ("llama", "goldfish", "tied", "init_from")
 GOLDFISH = ["loss=goldfish", "loss.k=4", "loss.h=3"]
 
 TRAINED = [
@@ -39,6 +40,7 @@ TRAINED = [
     ("zero3_offload", "llama", ["parallel=dp2_zero3_offload"]),
     ("zero2_offload", "llama", ["parallel=dp2_zero2", "parallel.deepspeed.offload_optimizer=cpu"]),
     ("fsdp", "goldfish", ["parallel=dp2_fsdp"]),
+    ("zero3_tied", "tied", ["parallel=dp2_zero3"]),  # one partitioned weight under two names
     ("zero3_init_from", "init_from", ["parallel=dp2_zero3"]),
     ("zero1_init_from", "init_from", ["parallel=dp2_zero1"]),
 ]
@@ -83,7 +85,8 @@ def launched(data, ds_references, tmp_path_factory):
 
 
 def test_zero_stages_and_offload_match_one_process(launched, ds_references):
-    """ZeRO-1, ZeRO-2 (Goldfish), ZeRO-3, ZeRO-3 and ZeRO-2 with CPU optimizer offload, and ZeRO-3 and
+    """ZeRO-1, ZeRO-2 (Goldfish), ZeRO-3 (also with tied embeddings), ZeRO-3 and ZeRO-2 with CPU
+    optimizer offload, and ZeRO-3 and
     ZeRO-1 starting from another run's weights (train.init_from): loss, gradient norm and eval loss of
     every step within 1e-5 of one process, and the same final weights."""
     problems, summary = [], {}

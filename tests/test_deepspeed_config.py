@@ -106,10 +106,12 @@ def test_planner_counts_what_each_zero_stage_keeps_where():
 def test_planner_refuses_what_does_not_fit_a_node_or_a_gpu():
     from eurotron.plan.memory import fit_problem
 
-    # 70B on A100-40GB: the fp32 model does not fit one GPU before DeepSpeed partitions it (no zero.Init yet).
-    problem = fit_problem(_recipe("parallel.dp_shard=32", "parallel.deepspeed.zero_stage=3",
-                                  "parallel.deepspeed.offload_optimizer=cpu"))
-    assert problem and "deepspeed.zero.Init" in problem, problem
+    # 70B on A100-40GB: ZeRO-2 builds the whole fp32 model on each GPU first; ZeRO-3 one module at a time.
+    problem = fit_problem(_recipe("parallel.dp_shard=64", "parallel.deepspeed.zero_stage=2",
+                                  "parallel.deepspeed.offload_optimizer=cpu", "parallel.activation_checkpoint=full"))
+    assert problem and "ZeRO-2 builds the whole model (263 GiB in fp32)" in problem, problem
+    assert fit_problem(_recipe("parallel.dp_shard=64", "parallel.deepspeed.zero_stage=3",
+                               "parallel.deepspeed.offload_optimizer=cpu", "parallel.activation_checkpoint=full")) is None
     # An 8B model with its optimizer offloaded from one 8-GPU node: 8 x 8B x 16 B / 8 ranks = 128 GB of
     # host memory, within the 1 TB node; with a 1 GB node (made up) it is refused naming the node RAM.
     small = ["model=llama3_8b", "parallel.dp_shard=8", "parallel.deepspeed.zero_stage=3",

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
 
 import torch
+from torch import nn
 from .deepspeed_config import deepspeed_config
+from .init import init_model_part
 from .parallelize import ParallelModel
 from .tensor import local_loss
 
@@ -117,3 +119,23 @@ def attach_deepspeed(model: ParallelModel, optimizer: torch.optim.Optimizer) -> 
                           model.layer_ranges, model.dtype, model.checkpointed, engine=engine,
                           group_names=group_names)
 
+
+def materialize_partitioned(part: nn.Module, cfg, device: torch.device, dtype: torch.dtype, seed: int) -> None:
+    """ZeRO-3: materialise, initialise and partition one top-level module at a time (embedding, each
+    block, norm, output), so a rank never holds more than one full module (the 70B embedding: 4 GiB in
+    fp32) instead of the whole model. Values are the single-process ones: each weight draws from its
+    own (seed, FQN) generator (``Transformer.init_weights``), which skips what is still on meta and
+    fills nothing in what is already partitioned (empty placeholders)."""
+    deepspeed = import_deepspeed()
+    config = deepspeed_config(cfg, bf16=dtype == torch.bfloat16, on_gpu=device.type == "cuda")
+    deepspeed.init_distributed(dist_init_required=False)  # DeepSpeed's view of eurotron's process group
+    part.rope_cache = torch.empty_like(part.rope_cache, device=device)  # the root's own buffer
+    children = [m for m in part.children() if isinstance(m, nn.ModuleDict)]
+    modules = [m for d in children for m in d.values()] + [m for m in part.children() if not isinstance(m, nn.ModuleDict)]
+    for module in modules:
+        if not any(p.is_meta for p in module.parameters()):
+            continue  # a tied output projection: the embedding's parameter, already partitioned
+        module.to_empty(device=device)
+        init_model_part(part, seed)
+        deepspeed.zero.Init(module=module, config_dict_or_path=config, dtype=dtype)
+    init_model_part(part, seed)  # the RoPE table (nothing left to draw: every weight is partitioned)

@@ -12,8 +12,9 @@ Per parameter, as the ZeRO paper counts it (bf16 mixed precision; fp32 runs keep
   always partitioned over dp; ``offload_optimizer=cpu`` moves it, plus an fp32 gradient partition
   (4 B), to host memory; ``nvme`` moves it to the drive (host buffers not counted);
 * ``offload_params=cpu`` (ZeRO-3) moves the weight partitions to host memory too.
-* start-up: eurotron builds the whole model on each rank's device (fp32) before DeepSpeed partitions
-  it (``deepspeed.zero.Init`` is not used yet), so one full fp32 copy must fit one GPU once.
+* start-up: ZeRO-1/2 build the whole model on each rank's device in fp32 before DeepSpeed takes it;
+  ZeRO-3 materialises and partitions one top-level module at a time (parallel/deepspeed_engine.py),
+  so only the largest one (the embedding or output projection, or a block) must fit in fp32.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ def _bf16(cfg: TrainConfig) -> bool:
     return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and cfg.cluster.device != "cpu")
 
 
-def deepspeed_memory(cfg: TrainConfig, params: int) -> DeepSpeedMemory:
-    """Bytes per rank for ``params`` parameters under ``cfg.parallel.deepspeed`` (module docstring)."""
+def deepspeed_memory(cfg: TrainConfig, params: int, largest_module: int = 0) -> DeepSpeedMemory:
+    """Bytes per rank for ``params`` parameters under ``cfg.parallel.deepspeed`` (module docstring);
+    ``largest_module``: parameters of the largest top-level module (ZeRO-3's start-up)."""
     ds, dp = cfg.parallel.deepspeed, max(cfg.parallel.dp, 1)
     w = 2 if _bf16(cfg) else FP32
     g = w
@@ -56,7 +58,8 @@ def deepspeed_memory(cfg: TrainConfig, params: int) -> DeepSpeedMemory:
         if ds.offload_params == "cpu":
             host += weights
         weights = 0.0
-    return DeepSpeedMemory(int(weights + grads + optim), int(host), params * FP32)
+    startup = (largest_module if ds.zero_stage >= 3 else params) * FP32
+    return DeepSpeedMemory(int(weights + grads + optim), int(host), startup)
 
 
 def host_problem(cfg: TrainConfig, params: int, ranks_per_node: int) -> Optional[str]:
@@ -75,14 +78,14 @@ def host_problem(cfg: TrainConfig, params: int, ranks_per_node: int) -> Optional
             f"parallel.deepspeed.offload_optimizer=nvme, or offload less")
 
 
-def startup_problem(cfg: TrainConfig, params: int) -> Optional[str]:
-    """None when the full fp32 model fits one GPU at start (before DeepSpeed partitions it)."""
+def startup_problem(cfg: TrainConfig, params: int, largest_module: int) -> Optional[str]:
+    """None when what is built in fp32 before DeepSpeed partitions it fits one GPU."""
     c = cfg.cluster
     if cfg.parallel.dp_engine != "deepspeed" or c.gpu_memory_gb <= 0:
         return None
-    need = deepspeed_memory(cfg, params).startup_bytes
+    need = deepspeed_memory(cfg, params, largest_module).startup_bytes
     if need <= (c.gpu_memory_gb - c.memory_reserve_gb) * GiB:
         return None
-    return (f"the whole model ({need / GiB:.0f} GiB in fp32) is built on each GPU before DeepSpeed partitions "
-            f"it (deepspeed.zero.Init is not used yet) but a GPU has {c.gpu_memory_gb:g} GiB; "
-            f"use parallel.dp_engine=fsdp (it shards at construction) for this model")
+    return (f"ZeRO-{cfg.parallel.deepspeed.zero_stage} builds the whole model ({need / GiB:.0f} GiB in fp32) on "
+            f"each GPU before partitioning it but a GPU has {c.gpu_memory_gb:g} GiB; use "
+            f"parallel.deepspeed.zero_stage=3 (it partitions one module at a time) or parallel.dp_engine=fsdp")

@@ -211,7 +211,8 @@ def fit_problem(cfg: TrainConfig, est: Optional[MemoryEstimate] = None) -> Optio
         return None
     est = est or estimate_memory(cfg)
     params = est.ranks[0].params if est.ranks else 0  # DeepSpeed runs pp=1 tp=1: the whole model
-    ds_problem = startup_problem(cfg, params) or host_problem(cfg, params, max(c.gpus_per_node, 1))
+    largest = max(embedding_params(cfg.model), sum(layer_params(cfg.model)))
+    ds_problem = startup_problem(cfg, params, largest) or host_problem(cfg, params, max(c.gpus_per_node, 1))
     if ds_problem:
         return ds_problem
     if est.fits(c.gpu_memory_gb, c.memory_reserve_gb):
