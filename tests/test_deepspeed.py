@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_parallel_dist import LOSS_RTOL, compare, data, metrics, overrides, train_here  # noqa: F401
+from test_parallel_dist import compare, data, metrics, overrides, train_here  # noqa: F401 (data: a fixture)
 from test_parallel_dist import launch as launch_torchrun
 
 pytestmark = pytest.mark.skipif(

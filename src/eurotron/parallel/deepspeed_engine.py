@@ -22,6 +22,7 @@ from typing import Any, Callable, List, Optional
 
 import torch
 from torch import nn
+
 from .deepspeed_config import deepspeed_config
 from .init import init_model_part
 from .parallelize import ParallelModel

@@ -66,6 +66,10 @@ class Trainer:
                 f"parallel: the layout needs pp*dp_replicate*dp_shard*tp={cfg.parallel.world_size} processes "
                 f"but {self.env.world_size} were launched; change the layout or the launch"
             )
+        if cfg.parallel.dp_engine == "deepspeed":  # missing DeepSpeed: said before any process group starts
+            from ..parallel.deepspeed_engine import import_deepspeed
+
+            import_deepspeed()
         init_distributed(self.env, self.device, cfg.cluster.backend, cfg.cluster.collective_timeout_minutes)
         checkpoint_run_dir.check(self.run_dir, cfg.checkpoint.resume)  # before any work: writable, no clobbering
         self.pmesh = build_mesh(cfg.parallel, self.device)
