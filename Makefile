@@ -19,10 +19,17 @@ DEMO_PROMPTS := --prompt "Die Bibliothek" --prompt "La ville" --prompt "The rail
 
 install: $(STAMP)
 
+# EXTRAS: the [deepspeed] extra (the DeepSpeed ZeRO engine) installs after torch, its ops not compiled
+# (DS_BUILD_OPS=0: eurotron's AdamW runs the update) and without build isolation (its setup.py imports
+# the torch installed here, never a second one; the build tools it needs come first). `make install
+# EXTRAS=dev` leaves it out.
+EXTRAS ?= dev,deepspeed
 $(STAMP): pyproject.toml setup.py src/eurotron/data/_native.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'setuptools>=77' wheel packaging
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-build-isolation \
+		-e '.[$(EXTRAS)]'
 	@touch $(STAMP)
 
 # prepare data → train the tiny model on CPU (TP2 x PP2, 4 processes) → checkpoint → generate text → convert to HF → generate with transformers

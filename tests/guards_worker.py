@@ -3,7 +3,7 @@
     torchrun --nproc-per-node=2 tests/guards_worker.py spec.json
 
 spec.json: {"runs": [{"name", "overrides", "grad_nan": {rank: [steps]}, "loss_nan": {rank: [steps]},
-"state_nan_before_save": {rank: [steps]}}]}. The poison is applied by monkeypatching the trainer on
+"scale_nan": {rank: [steps]}, "state_nan_before_save": {rank: [steps]}}]}. The poison is applied by monkeypatching the trainer on
 the named rank only; every rank writes what it decided into <run_dir>/rank<r>.json (skipped steps,
 scheduler position, optimizer steps, or the error that stopped it), so the test can check that all
 ranks took the same decisions.
@@ -30,9 +30,12 @@ def poisoned(run: dict, rank: int):
         return set(run.get(key, {}).get(str(rank), []))
 
     grad_nan, loss_nan, state_nan = steps("grad_nan"), steps("loss_nan"), steps("state_nan_before_save")
+    scale_nan = steps("scale_nan")  # every gradient of the rank NaN (reaches engines that reduce in backward)
 
     class Poisoned(Trainer):
         def forward_backward(self, micro_batches, kept):
+            if self.step + 1 in scale_nan:
+                kept = kept * float("nan")
             loss_sum = super().forward_backward(micro_batches, kept)
             if self.step + 1 in grad_nan:
                 next(self.model_parts[0].parameters()).grad.fill_(float("nan"))

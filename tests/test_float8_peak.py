@@ -182,7 +182,8 @@ def test_recipes_compile_and_70b_ones_interleave_to_a_small_bubble():
     seen70 = 0
     for name, recipe in _recipes():
         par, data = recipe["parallel"], recipe["data"]
-        assert par["compile"] is True, name
+        # DeepSpeed's ZeRO hooks are not verified under compile (validation refuses it there).
+        assert par["compile"] is (par.get("dp_engine", "fsdp") != "deepspeed"), name
         if not name.endswith("70b"):
             continue
         seen70 += 1

@@ -24,7 +24,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 import torch
@@ -87,11 +87,11 @@ def references(data, tmp_path_factory) -> Dict[str, Path]:
     return runs
 
 
-def launch(nproc: int, runs: List[dict], tmp: Path) -> Dict[str, float]:
+def launch(nproc: int, runs: List[dict], tmp: Path, env: Optional[Dict[str, str]] = None) -> Dict[str, float]:
     """Run the layouts in one torchrun launch of `nproc` processes; returns seconds per layout."""
     spec, timings = tmp / f"spec_{nproc}.json", tmp / f"timings_{nproc}.json"
     spec.write_text(json.dumps({"runs": runs, "timings": str(timings)}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", f"--nproc-per-node={nproc}",
            str(WORKER), str(spec)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

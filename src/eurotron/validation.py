@@ -17,11 +17,12 @@ from .model.masks import ATTENTION_BACKENDS
 from .plan.gpus import match_gpu
 from .plan.layout import (MULTI_STAGE_SCHEDULES, SCHEDULES, num_stages, sequences_per_micro_step, step_micro_batches,
                           world_size_problem)
+from .validation_deepspeed import check_deepspeed
 
 MODEL_FAMILIES = ("llama", "mistral", "apertus")
 MLP_KINDS = ("swiglu", "xielu")
 ROPE_SCALINGS = ("none", "llama3")
-DP_ENGINES = ("fsdp", "ddp")
+DP_ENGINES = ("fsdp", "ddp", "deepspeed")
 AC_MODES = ("none", "full", "selective", "selective_op")
 FSDP_GRAD_SYNCS = ("micro_batch", "last")
 FSDP_RESHARD_CHOICES = ("auto", "true", "false")
@@ -413,6 +414,7 @@ def validate_train_config(cfg: TrainConfig, world_size: Optional[int] = None) ->
     _check_model(cfg, p)
     _check_parallel(cfg, p)
     _check_parallel_composition(cfg, p)
+    check_deepspeed(cfg, p)
     _check_data(cfg, p)
     _check_loss_optim_schedule(cfg, p)
     _check_run(cfg, p)

@@ -28,7 +28,7 @@ from .prepare import (AI_CRAWLER_AGENTS, DedupConfig, FiltersConfig, OptOutConfi
                       PiiConfig, PrepareConfig, SourceConfig, TokenizerConfig)
 from .summary import SummaryConfig, SummaryModelConfig, SummaryProviderConfig  # noqa: F401
 from .train import (BlendSourceConfig, CheckpointConfig, DataConfig, EvalConfig,  # noqa: F401
-                    GenerateConfig, HFExportConfig, LaunchConfig, LoggingConfig, LossConfig, ModelConfig,
+                    DeepSpeedConfig, GenerateConfig, HFExportConfig, LaunchConfig, LoggingConfig, LossConfig, ModelConfig,
                     OptimConfig, ParallelConfig, PlanConfig, RopeScalingConfig, SchedulerConfig, TrainConfig, TrainingConfig,
                     WandbConfig)
 
@@ -56,7 +56,7 @@ def strict_booleans() -> None:
 # Nested schemas by class name (fields are annotated as strings under `from __future__ import annotations`).
 _SCHEMAS_BY_NAME = {
     cls.__name__: cls
-    for cls in (RopeScalingConfig, HFExportConfig, ModelConfig, ParallelConfig, DataConfig, LossConfig, OptimConfig,
+    for cls in (RopeScalingConfig, HFExportConfig, DeepSpeedConfig, ModelConfig, ParallelConfig, DataConfig, LossConfig, OptimConfig,
                 SchedulerConfig, WandbConfig, LoggingConfig, ClusterConfig, CheckpointConfig, EvalConfig,
                 PartitionLimits, SlurmConfig, ContainerConfig, StorageConfig, LauncherConfig, LaunchConfig,
                 TrainingConfig, GenerateConfig, TrainConfig, SourceConfig, TokenizerConfig, PrepareConfig,

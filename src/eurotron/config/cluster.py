@@ -169,6 +169,10 @@ class ClusterConfig:
     arch: str = "x86_64"
     # Memory kept free per GPU for the CUDA/ROCm context, NCCL buffers and fragmentation, GB.
     memory_reserve_gb: float = 4.0
+    # Host memory of one node, GB; 0: unknown, no check. DeepSpeed's CPU offload must fit it
+    # (plan/deepspeed_memory.py), less host_memory_reserve_gb for the OS, loaders and pinned buffers.
+    host_memory_gb: float = 0.0
+    host_memory_reserve_gb: float = 64.0
     interconnect: InterconnectConfig = field(default_factory=InterconnectConfig)
     # Power of one node training (GPUs, CPUs, memory, NICs), W; 0: unknown (no energy estimate).
     node_power_w: float = 0.0

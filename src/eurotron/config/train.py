@@ -79,6 +79,35 @@ class ModelConfig:
 
 # ------------------------------------------------------------------------------------------ parallel
 @dataclass
+class DeepSpeedConfig:
+    """parallel.dp_engine=deepspeed: DeepSpeed ZeRO as the data-parallel engine (parallel/deepspeed_config.py
+    turns these keys and eurotron's batch, precision and clipping into DeepSpeed's config)."""
+
+    # 1: optimizer states partitioned; 2: + gradients; 3: + parameters.
+    zero_stage: int = 2
+    # Where optimizer states (and the fp32 master weights) live: none (device) | cpu | nvme (ZeRO-3).
+    offload_optimizer: str = "none"
+    # ZeRO-3 only: where the partitioned parameters live: none | cpu | nvme.
+    offload_params: str = "none"
+    # Directory on a node-local NVMe drive, needed by any nvme offload.
+    nvme_path: str = ""
+    # ZeRO++ (ZeRO-3 only): quantized weight all-gather (qwZ), quantized gradient reduce (qgZ), and
+    # hierarchical partitioning (hpZ: a secondary parameter copy partitioned within groups of this size).
+    zero_quantized_weights: bool = False
+    zero_quantized_gradients: bool = False
+    zero_hpz_partition_size: int = 1
+    # Elements per communication bucket (DeepSpeed's defaults).
+    reduce_bucket_size: int = 500_000_000
+    allgather_bucket_size: int = 500_000_000
+    # ZeRO-3: elements fetched ahead of use.
+    prefetch_bucket_size: int = 50_000_000
+    # Overlap gradient reduction with backward (stage 2/3).
+    overlap_comm: bool = False
+    # Merged into the generated DeepSpeed config; keys eurotron derives itself are refused (validation.py).
+    config_overrides: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class ParallelConfig:
     # Mesh dims, ordered ("pp", "dp_replicate", "dp_shard", "tp") as Megatron orders ranks.
     tp: int = 1
@@ -86,8 +115,10 @@ class ParallelConfig:
     dp_shard: int = 1
     dp_replicate: int = 1
     sequence_parallel: bool = False
-    # Data-parallel engine: fsdp (FSDP2 fully_shard; HSDP when dp_replicate > 1) or ddp.
+    # Data-parallel engine: fsdp (FSDP2 fully_shard; HSDP when dp_replicate > 1), ddp, or deepspeed
+    # (ZeRO 1/2/3 with offload; pp=1, tp=1; parallel.deepspeed.*).
     dp_engine: str = "fsdp"
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     pp_schedule: str = "1f1b"
     pp_virtual_stages: int = 1
     # Explicit layers per (virtual) stage; empty means an even split.

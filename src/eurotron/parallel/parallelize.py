@@ -59,6 +59,11 @@ class ParallelModel:
         return [unwrap(p) for p in self.parts]
 
     @property
+    def steps_in_engine(self) -> bool:
+        """Whether reduce, clip and update happen in one engine call (DeepSpeed), not in the trainer."""
+        return False
+
+    @property
     def tp_enabled(self) -> bool:
         return self.cfg.parallel.tp > 1
 
@@ -158,7 +163,11 @@ def parallelize(cfg: TrainConfig, pmesh: ParallelMesh, device: torch.device, see
         if par.dp > 1 and par.dp_engine == "fsdp":
             apply_fsdp(part, pmesh.fsdp_mesh, dtype, pipelined=par.pp > 1,
                        reshard=par.fsdp_reshard_after_forward)
-        if materialize:
+        if materialize and par.dp_engine == "deepspeed" and par.deepspeed.zero_stage == 3:
+            from .deepspeed_engine import materialize_partitioned
+
+            materialize_partitioned(part, cfg, device, dtype, seed)  # one module at a time: never the whole model
+        elif materialize:
             part.to_empty(device=device)
             init_model_part(part, seed)
             if par.dp > 1 and par.dp_engine == "ddp":

@@ -34,9 +34,11 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ..config import TrainConfig
+from .deepspeed_memory import deepspeed_memory, host_problem, startup_problem
 from .activations import (block_activation_bytes, block_working_bytes, is_checkpointed, kept_block_bytes,
                           logits_bytes)
-from .layout import (ADAM_BYTES, COMPUTE_BYTES, GRAD_BYTES, MASTER_BYTES, GiB, StageParams, embedding_params,
+from .layout import (ADAM_BYTES, COMPUTE_BYTES, GRAD_BYTES, MASTER_BYTES, GiB, StageParams, block_params,
+                     embedding_params,
                      in_flight_micro_batches, layout_name, model_stage_ranges, stage_params, stages_of_rank,
                      step_micro_batches)
 
@@ -205,6 +207,8 @@ def rank_plan(cfg: TrainConfig, pp_rank: int) -> RankPlan:
         "working": _backward_transient(cfg, sp, head, tokens, logits_backward, n_micro),
         "logits": kept_logits,
     }
+    if par.dp_engine == "deepspeed":  # ZeRO's stage and offload decide what state stays on the GPU: one figure
+        terms.update(weights=deepspeed_memory(cfg, local).gpu_state_bytes, grads=0, optimizer=0)
     return RankPlan(pp_rank, stages_of_rank(pp_rank, par), sp.layers, local, in_flight,
                     {k: int(terms[k]) for k in COMPONENTS})
 
@@ -223,6 +227,11 @@ def fit_problem(cfg: TrainConfig, est: Optional[MemoryEstimate] = None) -> Optio
     if c.gpu_memory_gb <= 0:
         return None
     est = est or estimate_memory(cfg)
+    params = est.ranks[0].params if est.ranks else 0  # DeepSpeed runs pp=1 tp=1: the whole model
+    largest = max(embedding_params(cfg.model), sum(block_params(cfg.model)))
+    ds_problem = startup_problem(cfg, params, largest) or host_problem(cfg, params, max(c.gpus_per_node, 1))
+    if ds_problem:
+        return ds_problem
     if est.fits(c.gpu_memory_gb, c.memory_reserve_gb):
         return None
     peak = est.peak

@@ -166,17 +166,19 @@ class CheckpointManager:
         self.writer = SaveWriter(self.root, keep_last, async_save, on_commit)
 
     def save(self, step: int, model: Parts, optimizer: Optimizers,
-             trainer_state: Dict[str, Any], config_yaml: str) -> Path:
+             trainer_state: Dict[str, Any], config_yaml: str, state: Optional[Dict[str, Any]] = None) -> Path:
         """Write one checkpoint (collective: every rank calls it with the model parts it holds). With
-        async_save it returns once the state is copied to host memory; `wait` commits it."""
+        async_save it returns once the state is copied to host memory; `wait` commits it. ``state``: the
+        model/optim tensors already in this layout-free form (DeepSpeed: checkpoint_deepspeed.py)."""
         self.wait()  # at most one save in flight
         final = step_dir(self.root, step)
         tmp = self.root / f".tmp_{final.name}"
         parts, optimizers = _as_list(model), _as_list(optimizer)
-        state: Dict[str, Any] = {"model": {}, "optim": {}}
-        for part, opt in zip(parts, optimizers):
-            state["model"].update(get_model_state_dict(part))
-            state["optim"].update(optimizer_state(part, opt))
+        if state is None:
+            state = {"model": {}, "optim": {}}
+            for part, opt in zip(parts, optimizers):
+                state["model"].update(get_model_state_dict(part))
+                state["optim"].update(optimizer_state(part, opt))
         self._check_space(state)
         if is_main_process():
             self.root.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ source may have been written by any layout and the new run may use any other.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, List, Sequence, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Union
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -59,7 +59,8 @@ def compare_model_configs(ours: ModelConfig, theirs: ModelConfig, init_from: str
 
 
 def load_initial_weights(
-    model: Union[torch.nn.Module, Sequence[torch.nn.Module]], init_from: str, model_cfg: ModelConfig
+    model: Union[torch.nn.Module, Sequence[torch.nn.Module]], init_from: str, model_cfg: ModelConfig,
+    load: Optional[Callable[[str], None]] = None,
 ) -> Path:
     """Load the model weights of the checkpoint ``init_from`` (run dir, checkpoints/ or step dir) into
     ``model`` (one module, or the model parts this rank holds) in place; returns the step directory.
@@ -73,6 +74,9 @@ def load_initial_weights(
     theirs = _source_model_config(ckpt)
     notes = compare_model_configs(model_cfg, theirs, init_from) if theirs is not None else []
     parts: Iterable[torch.nn.Module] = [model] if isinstance(model, torch.nn.Module) else list(model)
+    if load is not None:  # DeepSpeed: the fp32 masters live in its partitions, not in the module
+        load(str(ckpt / SHARDS_DIR))
+        parts = []
     for part in parts:
         state = {"model": get_model_state_dict(part)}
         dcp.load(state, checkpoint_id=str(ckpt / SHARDS_DIR))

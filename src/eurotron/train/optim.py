@@ -16,7 +16,8 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> List[Dict]:
     for param in model.parameters():
         if not param.requires_grad:
             continue
-        (decay if param.ndim >= 2 else no_decay).append(param)
+        shape = getattr(param, "ds_shape", param.shape)  # a ZeRO-3 partition is a flat placeholder
+        (decay if len(shape) >= 2 else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})

@@ -66,6 +66,10 @@ class Trainer:
         problem = world_size_problem(cfg.parallel, self.env.world_size)
         if problem:  # before any process group starts
             raise ConfigError(f"parallel: {problem}")
+        if cfg.parallel.dp_engine == "deepspeed":  # missing DeepSpeed: said before any process group starts
+            from ..parallel.deepspeed_engine import import_deepspeed
+
+            import_deepspeed()
         init_distributed(self.env, self.device, cfg.cluster.backend, cfg.cluster.collective_timeout_minutes)
         checkpoint_run_dir.check(self.run_dir, cfg.checkpoint.resume)  # before any work: writable, no clobbering
         self.pmesh = build_mesh(cfg.parallel, self.device)
@@ -80,6 +84,11 @@ class Trainer:
         self.parallel = parallelize(cfg, self.pmesh, self.device, seed=cfg.train.seed)
         self.model_parts = self.parallel.parts
         self.optimizers = [build_optimizer(part, cfg.optim, self.device) for part in self.model_parts]
+        if cfg.parallel.dp_engine == "deepspeed":  # the part and its AdamW go into a DeepSpeed ZeRO engine
+            from ..parallel.deepspeed_engine import attach_deepspeed
+
+            self.parallel = attach_deepspeed(self.parallel, self.optimizers[0])
+            self.model_parts = self.parallel.parts
         self.schedulers = [build_scheduler(opt, cfg.scheduler, cfg.train.steps) for opt in self.optimizers]
         self.model, self.optimizer, self.scheduler = self.model_parts[0], self.optimizers[0], self.schedulers[0]
         # The next step's batches are prepared in a background thread (pinned on GPUs): data/prefetch.py.
@@ -160,7 +169,14 @@ class Trainer:
         resume_config.check_same_model(self.cfg, saved_cfg, found)
         resume_config.check_checkpoint_keys(resume_config.checkpoint_tensor_keys(found), self.cfg.model, found)
         built_groups = [resume_config.group_settings(opt) for opt in self.optimizers]
-        state = load_checkpoint(found, self.model_parts, self.optimizers, verify=False)
+        if self.parallel.steps_in_engine:  # DeepSpeed: its partitions are filled from the same DCP state
+            from .checkpoint import SHARDS_DIR
+            from .checkpoint_deepspeed import load_into_engine
+
+            state = load_checkpoint(found, [], None, verify=False)  # trainer.json and this rank's RNG
+            load_into_engine(self.parallel, self.pmesh.fsdp_mesh, str(found / SHARDS_DIR))
+        else:
+            state = load_checkpoint(found, self.model_parts, self.optimizers, verify=False)
         for scheduler in self.schedulers:
             scheduler.load_state_dict(state["scheduler"])
         self.loader.load_state_dict(state["data"])
@@ -224,7 +240,9 @@ class Trainer:
         kept = self._global_kept_tokens(micro_batches)
         loss_sum = self._sum_over_ranks(self.forward_backward(micro_batches, kept))
         max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
-        grad_norm = self.parallel.clip_gradients(max_norm)
+        # DeepSpeed reduces, clips and updates in one engine.step() (and skips a non-finite update itself).
+        engine = self.parallel.steps_in_engine
+        grad_norm = self.parallel.step() if engine else self.parallel.clip_gradients(max_norm)
         record: Dict[str, Any] = {"step": self.step + 1, "lr": self.optimizer.param_groups[0]["lr"]}
         # Loss and norm are already reduced over all ranks, and NaN/Inf survive those sums, so every
         # rank holds the same values and decides alike (nonfinite.py).
@@ -237,12 +255,13 @@ class Trainer:
         else:
             apply, found_inf = True, nonfinite_flag(values)  # the device skips a non-finite update
         for optimizer, scheduler in zip(self.optimizers, self.schedulers):
-            if apply:
+            if apply and not engine:
                 # Fused AdamW leaves parameters, moments and its step count alone where found_inf is 1.
                 optimizer.found_inf = found_inf
                 optimizer.step()
             scheduler.step()  # the schedule advances on skipped steps too (nonfinite.py)
-            optimizer.zero_grad(set_to_none=True)
+            if not engine:  # DeepSpeed clears its own; with CPU offload AdamW's .grad are its buffers
+                optimizer.zero_grad(set_to_none=True)
         self.step += 1  # skipped or not, the batch is consumed (as Megatron-LM and OLMo do)
         tokens = self.cfg.data.global_batch_size * self.cfg.data.seq_len
         self.tokens_seen += tokens
@@ -287,7 +306,12 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "layout": asdict(self.cfg.parallel),
         }
-        return self.checkpoints.save(self.step, self.model_parts, self.optimizers, state, self.config_yaml)
+        tensors = None
+        if self.parallel.steps_in_engine:  # DeepSpeed's partitions, gathered into the layout-free keys
+            from .checkpoint_deepspeed import gathered_state
+
+            tensors = gathered_state(self.parallel, self.pmesh.fsdp_mesh)
+        return self.checkpoints.save(self.step, self.model_parts, self.optimizers, state, self.config_yaml, tensors)
 
     # -------------------------------------------------------------------------------------- loop
     def checkpoint_now(self) -> Optional[Path]:
@@ -321,7 +345,13 @@ class Trainer:
         if self.step == 0 and cfg.train.init_from:  # no checkpoint resumed: start from given weights
             from .init_from import load_initial_weights
 
-            load_initial_weights(self.model_parts, cfg.train.init_from, cfg.model)
+            load = None
+            if self.parallel.steps_in_engine:
+                from .checkpoint_deepspeed import load_into_engine
+
+                def load(shards: str) -> None:
+                    load_into_engine(self.parallel, self.pmesh.fsdp_mesh, shards, optimizer_state=False)
+            load_initial_weights(self.model_parts, cfg.train.init_from, cfg.model, load)
         logger = MetricsLogger(cfg.logging, self.run_dir, cfg.name, json.loads(json.dumps(asdict(cfg))),
                                enabled=is_main_process())
         if self.resume_changes:
