@@ -192,7 +192,7 @@ def test_recipes_compile_and_70b_ones_interleave_to_a_small_bubble():
         pp, v = par["pp"], par["pp_virtual_stages"]
         assert par["pp_schedule"] == "interleaved_1f1b" and v == 2 and 80 % (pp * v) == 0, name
         one_f_one_b, interleaved = (pp - 1) / (n_micro + pp - 1), (pp - 1) / (v * n_micro + pp - 1)
-        assert interleaved < 0.6 * one_f_one_b and interleaved < 0.09, (name, one_f_one_b, interleaved)
+        assert interleaved < 0.6 * one_f_one_b and interleaved < 0.10, (name, one_f_one_b, interleaved)
     assert seen70 == 9
     lumi = dict(_recipes())["lumi_llama3_70b"]["parallel"]
     assert lumi["tp"] == 2  # TP inside one MI250X (its two GCDs)

@@ -207,8 +207,12 @@ def rank_plan(cfg: TrainConfig, pp_rank: int) -> RankPlan:
         "working": _backward_transient(cfg, sp, head, tokens, logits_backward, n_micro),
         "logits": kept_logits,
     }
-    if par.dp_engine == "deepspeed":  # ZeRO's stage and offload decide what state stays on the GPU: one figure
-        terms.update(weights=deepspeed_memory(cfg, local).gpu_state_bytes, grads=0, optimizer=0)
+    if par.dp_engine == "deepspeed":
+        # ZeRO's stage and offload decide what state stays on the GPU (bf16 weights included): one figure;
+        # ZeRO-3 gathers a module at a time, the running one and the prefetched one, as FSDP does.
+        gathered = COMPUTE_BYTES * (2 * sp.block + head) if par.deepspeed.zero_stage == 3 else 0
+        terms.update(weights=deepspeed_memory(cfg, local).gpu_state_bytes, grads=0, optimizer=0,
+                     gathered_params=gathered, unsharded_grads=0)
     return RankPlan(pp_rank, stages_of_rank(pp_rank, par), sp.layers, local, in_flight,
                     {k: int(terms[k]) for k in COMPONENTS})
 
