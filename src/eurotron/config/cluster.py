@@ -129,6 +129,10 @@ class InterconnectConfig:
     intra_node_gb_s: float = 0.0
     # Between nodes: the node's NICs shared by its GPUs (e.g. 4x 200 Gb/s for 4 GPUs = 25 GB/s).
     inter_node_gb_s: float = 0.0
+    # GPUs that share faster links than the rest of the node (LUMI: the two GCDs of one MI250X) and
+    # their bandwidth; 0: the whole node is uniform.
+    fast_group_size: int = 0
+    fast_group_gb_s: float = 0.0
 
 
 @dataclass

@@ -21,6 +21,9 @@ TENSOR_PARALLEL = (1, 2, 4, 8)
 MICRO_BATCHES = (1, 2, 4)
 RECOMPUTE = ("none", "selective_op", "selective", "full")
 MAX_PIPELINE = 16
+# The layout model reads 1-7% under torch's MemTracker (tests/test_memory_tracker.py): a planned layout
+# must fit with this much on top of the estimate and cluster.memory_reserve_gb.
+PLAN_HEADROOM = 1.08
 SECONDS_PER_DAY = 86400.0
 
 
@@ -71,7 +74,8 @@ def evaluate(cfg: TrainConfig, tokens: float) -> PlannedLayout:
     step: StepTime = predict_step(cfg.model, par, cfg.data, c, step_micro_batches(cfg), par.pp_virtual_stages)
     memory = estimate_memory(cfg)
     peak = memory.peak
-    fits = memory.fits(c.gpu_memory_gb, c.memory_reserve_gb) if c.gpu_memory_gb > 0 else True
+    fits = (c.gpu_memory_gb <= 0
+            or peak.total_bytes * PLAN_HEADROOM + c.memory_reserve_gb * GiB <= c.gpu_memory_gb * GiB)
     gpus = step.gpus
     nodes = math.ceil(gpus / max(c.gpus_per_node, 1))
     seconds = tokens / (step.tokens_per_s_per_gpu * gpus)

@@ -88,8 +88,11 @@ def _gpu(cluster: ClusterConfig) -> GpuSpec:
 
 def _bandwidth(cluster: ClusterConfig, group_span: int) -> float:
     """Bytes/s per GPU of a collective over ``group_span`` consecutive ranks (inside a node or not)."""
+    net = cluster.interconnect
+    if 0 < group_span <= net.fast_group_size and net.fast_group_gb_s > 0:
+        return net.fast_group_gb_s * 1e9
     inside = group_span <= max(cluster.gpus_per_node, 1)
-    value = cluster.interconnect.intra_node_gb_s if inside else cluster.interconnect.inter_node_gb_s
+    value = net.intra_node_gb_s if inside else net.inter_node_gb_s
     key = "intra_node_gb_s" if inside else "inter_node_gb_s"
     if value <= 0:
         raise PlanError(f"cluster.interconnect.{key}={value}: unknown for cluster {cluster.name!r}; set the "
