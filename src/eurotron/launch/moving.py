@@ -68,4 +68,4 @@ def check_continue(saved: TrainConfig, new: TrainConfig, run_dir: Path) -> Tuple
             f"A moved run may change cluster.*, parallel.*, launch.*, logging.*, checkpoint.*, eval.*, where its "
             f"data and run dir live, data.micro_batch_size, and what a resume allows (optimizer and schedule "
             f"settings). Drop these overrides, or start a new run in another run_dir with train.init_from={ckpt}")
-    return ckpt, [f"{k}: {old.get(k)!r} -> {ours.get(k)!r}" for k in differing if not k.startswith("model.")]
+    return ckpt, [f"{k}: {old.get(k)!r} -> {ours.get(k)!r}" for k in differing]
