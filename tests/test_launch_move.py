@@ -15,6 +15,7 @@ from eurotron.errors import UserError
 from eurotron.launch.moving import check_continue
 from eurotron.train.metrics import read_metrics
 from eurotron.train.resume_config import checkpoint_train_config
+from eurotron.train.systems import read_systems, stretches
 from eurotron.train.trainer import Trainer
 from eurotron.validation import validate_train_config
 
@@ -145,12 +146,17 @@ def test_run_moves_from_four_ranks_on_one_system_to_two_on_another(slurm, datase
     for r in records:
         assert r["loss"] == pytest.approx(reference[r["step"]], rel=1e-5), (r["step"], r["loss"], reference)
 
-    systems = [json.loads(line) for line in (run_dir / "systems.jsonl").read_text().splitlines()]
-    assert [(s["event"], s["system"], s["world_size"]) for s in systems] == [
-        ("launch", "local", 4), ("trained", "local", 4), ("launch", "elsewhere", 2), ("trained", "elsewhere", 2)]
-    assert (systems[1]["first_step"], systems[1]["last_step"], systems[1]["job_id"]) == (1, 4, job1)
-    assert (systems[3]["first_step"], systems[3]["last_step"], systems[3]["job_id"]) == (5, 8, job2)
-    assert systems[2]["from_step"] == 4 and systems[2]["continued"] is True
+    records = read_systems(run_dir)
+    launches = [r for r in records if r["event"] == "launch"]
+    assert [(r["system"], r["world_size"], r["from_step"], r["continued"]) for r in launches] == [
+        ("local", 4, 0, False), ("elsewhere", 2, 4, True)]
+    # A line at each checkpoint (steps 4 and 8, "running") and one when each job stopped.
+    assert [(r["system"], r["first_step"], r["last_step"], r["ended"]) for r in records if r["event"] == "trained"] == [
+        ("local", 1, 4, "running"), ("local", 1, 4, "stopped"), ("elsewhere", 5, 8, "running"),
+        ("elsewhere", 5, 8, "finished")]
+    assert [(r["system"], r["layout"], r["job_id"], r["first_step"], r["last_step"]) for r in stretches(records)] == [
+        ("local", "tp=2 pp=1 dp_replicate=1 dp_shard=2", job1, 1, 4),
+        ("elsewhere", "tp=1 pp=2 dp_replicate=1 dp_shard=1", job2, 5, 8)]
 
     final = status_json(run_dir, slurm)
     assert final["step"] == 8 and final["finished"] and final["checkpoint"] == "step_00000008"

@@ -51,9 +51,11 @@ def make_run(run_dir: Path, steps: int = 100, logged: int = 10, job_ids=("11", "
         ckpt.mkdir(parents=True)
         (ckpt / "trainer.json").write_text("{}")
     (run_dir / "checkpoints" / "step_00000015").mkdir()  # being written: no trainer.json yet
-    (run_dir / "systems.jsonl").write_text(json.dumps(
-        {"event": "trained", "system": "lumi", "layout": "tp=2 pp=1 dp_replicate=1 dp_shard=2", "world_size": 4,
-         "job_id": "11", "first_step": 1, "last_step": 10, "ended": "stopped", "time": "2026-01-01T00:00:00Z"}) + "\n")
+    trained = {"event": "trained", "system": "lumi", "layout": "tp=2 pp=1 dp_replicate=1 dp_shard=2", "world_size": 4,
+               "job_id": "11", "first_step": 1, "time": "2026-01-01T00:00:00Z"}
+    (run_dir / "systems.jsonl").write_text(  # a line at the step-5 checkpoint, one at the stop, one cut short
+        json.dumps({**trained, "last_step": 5, "ended": "running"}) + "\n"
+        + json.dumps({**trained, "last_step": 10, "ended": "stopped"}) + '\n{"event": "trai')
     return run_dir
 
 
@@ -70,7 +72,8 @@ def test_run_status_from_the_run_dir_and_slurm(fake_slurm, tmp_path):
     assert (ended.state, ended.source, ended.restarts) == ("COMPLETED", "scontrol", 1)
     text = cli.format_run(s)
     assert "11 RUNNING 0:20, 12 COMPLETED" in text and "10 / 100" in text and "00:03:00 at the current speed" in text
-    assert "steps 1-10 on lumi (tp=2 pp=1 dp_replicate=1 dp_shard=2; 4 ranks), job 11" in text
+    (history,) = [line for line in text.splitlines() if line.startswith("system")]  # the latest line of the stretch
+    assert "steps 1-10 on lumi (tp=2 pp=1 dp_replicate=1 dp_shard=2; 4 ranks), job 11, stopped" in history
 
 
 def test_no_accounting_and_no_slurm_say_so(fake_slurm, tmp_path, monkeypatch):

@@ -1,9 +1,10 @@
 """<run_dir>/systems.jsonl: which system, in which layout, ran which steps of a run.
 
 eurotron-launch appends a ``launch`` line per submission (system, layout, world size, job ids, the
-step the job starts from); the trainer (rank 0) appends a ``trained`` line when it stops (first and
-last step it ran, its Slurm job id). A run moved between systems (launch.continue_run) reads as one
-history. Torch-free: eurotron-status reads it on login nodes.
+step the job starts from); the trainer (rank 0) appends a ``trained`` line at each periodic checkpoint
+(ended: running) and when it stops (first and last step it ran, its Slurm job id); a later line of
+the same stretch supersedes the earlier ones (``stretches``). A run moved between systems
+(launch.continue_run) reads as one history. Torch-free: eurotron-status reads it on login nodes.
 """
 
 from __future__ import annotations
@@ -54,12 +55,20 @@ def read_systems(run_dir: Path) -> List[Dict[str, Any]]:
     return out
 
 
+def stretches(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The ``trained`` records, one per stretch of training (the trainer process that started at
+    first_step on that system and job): the latest record of each, in the order they began."""
+    latest: Dict[tuple, Dict[str, Any]] = {}
+    for r in records:
+        if r.get("event") == "trained":
+            latest[(r.get("system"), r.get("job_id"), r.get("first_step"))] = r  # dicts keep first-seen order
+    return list(latest.values())
+
+
 def steps_by_system(records: List[Dict[str, Any]]) -> List[str]:
     """One line per stretch of training, e.g. 'steps 1-4 on lumi (tp=2 ...; 4 ranks), job 123'."""
     lines = []
-    for r in records:
-        if r.get("event") != "trained":
-            continue
+    for r in stretches(records):
         job: Optional[str] = r.get("job_id")
         lines.append(f"steps {r['first_step']}-{r['last_step']} on {r['system']} ({r['layout']}; "
                      f"{r['world_size']} ranks){f', job {job}' if job else ''}, {r.get('ended', '?')} {r['time']}")

@@ -357,6 +357,8 @@ class Trainer:
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
                     self.checkpoint_now()
                     saved_at = self.step
+                    if is_main_process():  # a job killed later still shows the steps it saved
+                        record_trained(self.run_dir, cfg, first_step, self.step, "running")
                 if cfg.train.stop_after and steps_this_run >= cfg.train.stop_after:
                     break
                 with watchdog.between_steps(self.step):  # its all-reduce can hang like a step's
