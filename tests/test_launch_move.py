@@ -20,7 +20,7 @@ from eurotron.train.trainer import Trainer
 from eurotron.validation import validate_train_config
 
 from launch_support import launch_cli, make_fake_sbatch, sbatch_calls
-from test_launch_slurm import TRAIN, DONE_STATES, dataset, job_info, log_text, slurm, submitted_ids, wait_for  # noqa: F401
+from test_launch_slurm import TRAIN, dataset, log_text, slurm, submitted_ids, wait_for  # noqa: F401 (fixtures)
 
 BASE = ["experiment=demo", "data.path=/data/tokens", "parallel=tp2_dp2", "data.global_batch_size=4",
         "data.micro_batch_size=2"]

@@ -21,8 +21,9 @@ import hydra
 from omegaconf import DictConfig
 
 from ..config import TrainConfig
-from ..launch.render import SCRIPT_NAME, render_job
+from ..launch.render import render_job
 from ..launch.moving import check_continue
+from ..launch.run_files import CONFIG_NAME, SCRIPT_NAME
 from ..launch.submit import SubmitError, check_run_dir, sbatch_commands, submit_chain, write_run_dir
 from ..launch.sweep import SweepPoint, record_point
 from ..launch.validation import check_launch
@@ -92,7 +93,7 @@ def _check_continue(cfg: TrainConfig, run_dir: Path) -> None:
     """launch.continue_run: the run dir holds a run this config may continue (launch/moving.py)."""
     from ..train.resume_config import checkpoint_train_config
 
-    if not (run_dir / "config.yaml").exists():
+    if not (run_dir / CONFIG_NAME).exists():
         raise SubmitError(f"launch.continue_run=true: {run_dir} holds no run (no config.yaml); copy the run "
                           f"directory from the other system there (config.yaml, checkpoints/, metrics.jsonl), "
                           f"or drop launch.continue_run to start a new run")

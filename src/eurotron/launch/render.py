@@ -21,7 +21,7 @@ from ..paths import PACKAGE_DIR
 from ..plan.gpus import gpu_vendor
 from . import shell
 from .nodes import JobPlan, plan_job
-from .run_files import CONFIG_NAME, EDF_NAME, LOG_DIR, SCRIPT_NAME
+from .run_files import CONFIG_NAME, EDF_NAME, LOG_DIR
 from .validation import SIGNALS, requeue_enabled
 
 
