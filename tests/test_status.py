@@ -73,7 +73,7 @@ def test_run_status_from_the_run_dir_and_slurm(fake_slurm, tmp_path):
     text = cli.format_run(s)
     assert "11 RUNNING 0:20, 12 COMPLETED" in text and "10 / 100" in text and "00:03:00 at the current speed" in text
     (history,) = [line for line in text.splitlines() if line.startswith("system")]  # the latest line of the stretch
-    assert "steps 1-10 on lumi (tp=2 pp=1 dp_replicate=1 dp_shard=2; 4 ranks), job 11, stopped" in history
+    assert "steps 1-10 on lumi (tp=2 pp=1 dp_replicate=1 dp_shard=2; 4 rank(s)), job 11, stopped" in history
 
 
 def test_no_accounting_and_no_slurm_say_so(fake_slurm, tmp_path, monkeypatch):
@@ -130,3 +130,12 @@ def test_json_of_a_run_and_clear_errors(fake_slurm, tmp_path):
     for bad, message in ((tmp_path / "nowhere", "is not a directory"), (tmp_path, "is not a run directory")):
         done = subprocess.run([str(exe), str(bad)], capture_output=True, text=True)
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_single_point_is_labelled_by_its_number_and_long_labels_are_cut(fake_slurm, tmp_path):
+    sweep = tmp_path / "sweep"
+    run_dir = make_run(sweep / "0", job_ids=("11",))
+    (sweep / "sweep.json").write_text(json.dumps([{"num": 0, "overrides": ["optim.lr=0.001"], "run_dir": str(run_dir)}]))
+    (point,) = cli.sweep_status(sweep)
+    assert point.label == "#0 -"
+    assert cli._short("x" * 100) == "x" * 57 + "..."

@@ -72,9 +72,13 @@ def format_run(s: RunStatus) -> str:
     return "\n".join(lines)
 
 
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def format_sweep(points: List[RunStatus]) -> str:
     header = ["point", "jobs", "step", "loss", "eval loss", "tokens/s", "goodput", "checkpoint", "ETA"]
-    rows = [[p.label, "; ".join(f"{j.job_id} {j.state}" for j in p.jobs) or "-",
+    rows = [[_short(p.label), "; ".join(f"{j.job_id} {j.state}" for j in p.jobs) or "-",
              f"{_num(p.step, 'd')}/{_num(p.total_steps, 'd')}", _num(p.loss, ".4f"), _num(p.eval_loss, ".4f"),
              _num(p.tokens_per_s, ",.0f"), _num(p.goodput_pct, ".1f"), p.checkpoint or "-", _eta(p)]
             for p in points]
@@ -88,7 +92,7 @@ def plot_sweep(points: List[RunStatus], out: Path) -> Optional[Path]:
     for p in points:
         metrics = Path(p.run_dir) / METRICS_FILE
         if metrics.exists():
-            curves.append((p.label, *loss_points(read_metrics(metrics))))
+            curves.append((_short(p.label, 40), *loss_points(read_metrics(metrics))))
     if not curves:
         return None
     import matplotlib

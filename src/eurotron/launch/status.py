@@ -142,7 +142,8 @@ def sweep_status(sweep_dir: Path, query_slurm: bool = True) -> List[RunStatus]:
     points = _read_json(Path(sweep_dir) / SUMMARY_JSON)
     if not isinstance(points, list):
         raise UserError(f"{Path(sweep_dir) / SUMMARY_JSON} is not a list of sweep points")
-    common = set.intersection(*(set(p.get("overrides", [])) for p in points)) if len(points) > 1 else set()
+    # Only what varies labels a point (a single point varies in nothing).
+    common = set.intersection(*(set(p.get("overrides", [])) for p in points)) if points else set()
     out = []
     for point in points:
         run_dir = Path(point["run_dir"])

@@ -66,10 +66,10 @@ def stretches(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 
 def steps_by_system(records: List[Dict[str, Any]]) -> List[str]:
-    """One line per stretch of training, e.g. 'steps 1-4 on lumi (tp=2 ...; 4 ranks), job 123'."""
+    """One line per stretch of training, e.g. 'steps 1-4 on lumi (tp=2 ...; 4 rank(s)), job 123'."""
     lines = []
     for r in stretches(records):
         job: Optional[str] = r.get("job_id")
         lines.append(f"steps {r['first_step']}-{r['last_step']} on {r['system']} ({r['layout']}; "
-                     f"{r['world_size']} ranks){f', job {job}' if job else ''}, {r.get('ended', '?')} {r['time']}")
+                     f"{r['world_size']} rank(s)){f', job {job}' if job else ''}, {r.get('ended', '?')} {r['time']}")
     return lines
