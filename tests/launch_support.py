@@ -17,16 +17,18 @@ from small_run import SMALL_MODEL, prepare_dataset  # noqa: F401  (re-exported f
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMS = ("lumi", "leonardo", "marenostrum5", "jupiter", "alps", "meluxina", "karolina", "vega", "jeanzay",
-           "generic", "local")
+           "deucalion", "discoverer", "arrhenius", "daedalus", "generic", "local")
 # What a system's cluster config leaves for the user to set.
 REQUIRED = {
     "lumi": ["cluster.slurm.account=project_465000001", "cluster.container.image=/appl/local/laifs/lumi-multitorch.sif"],
     "alps": ["cluster.slurm.account=a-abc123", "cluster.container.image=/capstor/store/cscs/ngc-pytorch.sqsh"],
     "vega": ["cluster.container.image=/ceph/hpc/data/pytorch.sif"],
+    "daedalus": [],
     "generic": [],
     "local": [],
 }
-for _name in ("leonardo", "marenostrum5", "jupiter", "meluxina", "karolina", "jeanzay"):
+for _name in ("leonardo", "marenostrum5", "jupiter", "meluxina", "karolina", "jeanzay", "deucalion", "discoverer",
+              "arrhenius"):
     REQUIRED[_name] = ["cluster.slurm.account=abc123"]
 
 
@@ -42,7 +44,7 @@ def render(overrides: Sequence[str], run_dir: Path, submit_dir: Optional[Path] =
     return render_job(cfg, Path(run_dir), submit_dir or Path(run_dir).parent, plan)
 
 
-GPUS_PER_NODE = {"lumi": 8, "karolina": 8, "local": 1}
+GPUS_PER_NODE = {"lumi": 8, "karolina": 8, "discoverer": 8, "local": 1}
 
 
 def system_overrides(system: str, *extra: str) -> List[str]:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from eurotron.config import ConfigError
 from eurotron.launch.nodes import parse_slurm_time, plan_job
+from eurotron.launch.validation import check_launch
 from eurotron.launch.render import EDF_NAME, available_templates
 
 from launch_support import SYSTEMS, compose, render, system_overrides
@@ -175,6 +177,46 @@ def test_jeanzay_h100_constraint_and_explicit_time(tmp_path):
     lines = sbatch_lines(job.script)
     assert {"constraint=h100", "hint=nomultithread", "time=20:00:00", "gres=gpu:4"} <= set(lines)
     assert not any(line.startswith("partition=") for line in lines)
+
+
+def test_deucalion_32_cores_per_gpu_gpu_account_and_the_4_node_limit(tmp_path):
+    job = render(system_overrides("deucalion", "parallel.dp_shard=16"), tmp_path / "run")
+    bash_syntax_ok(job.script, tmp_path)
+    lines = sbatch_lines(job.script)
+    assert {"nodes=4", "gpus-per-node=4", "cpus-per-task=128", "partition=normal-a100-80", "time=2-00:00:00"} <= set(lines)
+    half = render(system_overrides("deucalion", "parallel.dp_shard=2"), tmp_path / "run2")
+    assert {"nodes=1", "gpus-per-node=2", "cpus-per-task=64"} <= set(sbatch_lines(half.script))  # 32 per GPU
+    for fact in ('NCCL_IB_HCA="mlx5_0,mlx5_1"', 'NCCL_SOCKET_IFNAME="^lo,docker0"', 'HF_HUB_OFFLINE="1"'):
+        assert fact in job.script, fact
+    with pytest.raises(ConfigError, match="admits at most 4 node"):
+        check_launch(compose(system_overrides("deucalion", "parallel.dp_shard=32")), check_data=False)
+
+
+def test_discoverer_gres_project_qos_four_hours_and_requeue(tmp_path):
+    job = render(system_overrides("discoverer", "parallel.dp_shard=16"), tmp_path / "run")
+    bash_syntax_ok(job.script, tmp_path)
+    lines = sbatch_lines(job.script)
+    assert {"nodes=2", "gres=gpu:8", "partition=common", "account=abc123", "qos=abc123", "time=04:00:00",
+            "mem-per-gpu=257G", "requeue", "cpus-per-task=208"} <= set(lines)
+    assert "module load nvidia/cuda/12/12.8" in job.script and "HF_HUB_OFFLINE" not in job.script
+    with pytest.raises(ConfigError, match="exceeds common's limit"):
+        check_launch(compose(system_overrides("discoverer", "cluster.slurm.time=08:00:00")), check_data=False)
+
+
+def test_arrhenius_one_task_per_gh200_with_its_gpu(tmp_path):
+    job = render(system_overrides("arrhenius", "parallel.dp_shard=8"), tmp_path / "run")
+    bash_syntax_ok(job.script, tmp_path)
+    lines = sbatch_lines(job.script)
+    assert {"nodes=2", "ntasks-per-node=4", "cpus-per-task=72", "gpus-per-task=1", "partition=gpu"} <= set(lines)
+    assert 'NCCL_NET="AWS Libfabric"' in job.script
+
+
+def test_daedalus_gh200_torchrun_with_8_cores_per_gpu(tmp_path):
+    job = render(system_overrides("daedalus", "parallel.dp_shard=8"), tmp_path / "run")
+    bash_syntax_ok(job.script, tmp_path)
+    lines = sbatch_lines(job.script)
+    assert {"nodes=2", "ntasks-per-node=1", "cpus-per-task=32", "gpus-per-node=4"} <= set(lines)
+    assert not any(line.startswith(("partition=", "account=")) for line in lines)
 
 
 def test_local_overcommits_cpu_ranks_and_asks_for_no_gpu(tmp_path):

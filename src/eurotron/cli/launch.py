@@ -6,6 +6,8 @@ directory (resolved config + job script) and submit it; the job trains that save
       data.path=/flash/project_465000000/tokens launch.dry_run=true       # print the script only
   eurotron-launch experiment=alps_apertus_70b launch.chain=4 ...          # 4 jobs, afterany-chained
   eurotron-launch -m experiment=demo cluster=local optim.lr=1e-3,3e-3    # a sweep: one job per point
+  eurotron-launch experiment=leonardo_llama3_8b run_dir=<copied run dir> launch.continue_run=true ...
+                                                                          # continue a run from another system
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import hydra
 from omegaconf import DictConfig
 
 from ..config import TrainConfig
-from ..launch.render import SCRIPT_NAME, render_job
+from ..launch.render import render_job
+from ..launch.moving import check_continue
+from ..launch.run_files import CONFIG_NAME, SCRIPT_NAME
 from ..launch.submit import SubmitError, check_run_dir, sbatch_commands, submit_chain, write_run_dir
 from ..launch.sweep import SweepPoint, record_point
 from ..launch.validation import check_launch
@@ -27,6 +31,8 @@ from ..paths import config_dir
 from ..plan.memory import GiB, estimate_memory
 from ..plan.search import evaluate
 from ..plan.throughput import PlanError
+from ..train.checkpoint_retention import complete_checkpoints
+from ..train.systems import append_record, layout_of
 from .common import check_experiment_names, exit_on_user_error, resolved_yaml, sweep_context, typed_config
 
 APP = "eurotron-launch"
@@ -50,6 +56,8 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         shape += (f"; about {peak.total_bytes / GiB:.1f} of {train_cfg.cluster.gpu_memory_gb:g} GiB per GPU "
                   f"(pp rank {peak.pp_rank})")
     result: Dict[str, Any] = {"run_dir": str(run_dir), "script": job.script, "job_ids": [], "plan": plan}
+    if train_cfg.launch.continue_run and not train_cfg.launch.force:
+        _check_continue(train_cfg, run_dir)
     if dry_run:
         for name, text in job.files.items():
             print(f"# ---- {run_dir / name} ----\n{text}", end="", flush=True)
@@ -62,10 +70,16 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         if shutil.which("sbatch") is None:
             raise SubmitError("sbatch is not on PATH: run eurotron-launch on a Slurm login node "
                               "(or scripts/slurm_local.sh start here), or pass launch.dry_run=true")
-        check_run_dir(run_dir, config_yaml, train_cfg.launch.force)
+        check_run_dir(run_dir, config_yaml, train_cfg.launch.force or train_cfg.launch.continue_run)
+        ckpts = complete_checkpoints(run_dir / "checkpoints")
         script = write_run_dir(job, config_yaml)
         submission = submit_chain(script, train_cfg.launch.chain, cwd=Path.cwd())
         result["job_ids"] = submission.job_ids
+        append_record(run_dir, {"event": "launch", "system": train_cfg.cluster.name,
+                                "layout": layout_of(train_cfg.parallel), "world_size": plan.world_size,
+                                "nodes": plan.nodes, "job_ids": submission.job_ids,
+                                "from_step": ckpts[-1][0] if ckpts else 0,
+                                "continued": train_cfg.launch.continue_run})
         chained = " (each after the previous one ends)" if len(submission.job_ids) > 1 else ""
         print(f"{APP}: submitted job {', '.join(submission.job_ids)}{chained}: {shape}\n"
               f"  run dir: {run_dir}\n  logs:    {run_dir / 'logs'}\n  {_plan_line(train_cfg)}", flush=True)
@@ -73,6 +87,19 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         record_point(sweep.sweep_dir, SweepPoint(num=sweep.num, overrides=sweep.overrides, run_dir=str(run_dir),
                                                  job_ids=result["job_ids"], dry_run=dry_run))
     return result
+
+
+def _check_continue(cfg: TrainConfig, run_dir: Path) -> None:
+    """launch.continue_run: the run dir holds a run this config may continue (launch/moving.py)."""
+    from ..train.resume_config import checkpoint_train_config
+
+    if not (run_dir / CONFIG_NAME).exists():
+        raise SubmitError(f"launch.continue_run=true: {run_dir} holds no run (no config.yaml); copy the run "
+                          f"directory from the other system there (config.yaml, checkpoints/, metrics.jsonl), "
+                          f"or drop launch.continue_run to start a new run")
+    ckpt, changes = check_continue(checkpoint_train_config(run_dir), cfg, run_dir)
+    print(f"{APP}: continuing {run_dir} from {ckpt.name} on {cfg.cluster.name} ({layout_of(cfg.parallel)}); "
+          f"changed: " + ("; ".join(changes) or "nothing"), file=sys.stderr, flush=True)
 
 
 def _plan_line(cfg: TrainConfig) -> str:

@@ -319,6 +319,10 @@ class LaunchConfig:
     # Submit into a run directory that holds a different config.yaml (a rerun of the same config is
     # always allowed: it resumes).
     force: bool = False
+    # Continue the run in run_dir from its latest checkpoint under this config: another system
+    # (cluster.*), layout (parallel.*), or the settings a resume may change;
+    # launch/moving.py says which keys may differ; run_dir/systems.jsonl records the move.
+    continue_run: bool = False
 
 
 @dataclass

@@ -21,12 +21,9 @@ from ..paths import PACKAGE_DIR
 from ..plan.gpus import gpu_vendor
 from . import shell
 from .nodes import JobPlan, plan_job
+from .run_files import CONFIG_NAME, EDF_NAME, LOG_DIR
 from .validation import SIGNALS, requeue_enabled
 
-SCRIPT_NAME = "job.sbatch"
-EDF_NAME = "environment.toml"
-CONFIG_NAME = "config.yaml"
-LOG_DIR = "logs"
 
 
 def launchers_dir() -> Path:

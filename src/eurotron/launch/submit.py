@@ -12,9 +12,8 @@ from typing import List, Optional
 
 from ..errors import UserError
 from ..paths import ensure_writable_dir
-from .render import CONFIG_NAME, LOG_DIR, SCRIPT_NAME, RenderedJob
-
-LAUNCH_RECORD = "launch.json"
+from .render import RenderedJob
+from .run_files import CONFIG_NAME, LAUNCH_RECORD, LOG_DIR, SCRIPT_NAME
 
 
 class SubmitError(UserError):

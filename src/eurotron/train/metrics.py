@@ -101,21 +101,30 @@ def read_metrics(path: Path) -> list:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def step_records(records: list) -> list:
+    """The metric records in step order; a resumed run appends, so the last record of a step wins
+    (a curve without back-tracks)."""
+    by_step = {r["step"]: r for r in records if "event" not in r}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def loss_points(records: list) -> tuple:
+    """(train, eval) lists of (step, loss); skipped steps (null loss, or a spike kept out of the update)
+    are left off the train curve."""
+    ordered = step_records(records)
+    train = [(r["step"], r["loss"]) for r in ordered if r.get("loss") is not None and not r.get("skipped")]
+    evals = [(r["step"], r["eval_loss"]) for r in ordered if r.get("eval_loss") is not None]
+    return train, evals
+
+
 def plot_loss_curve(metrics_path: Path, out_path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = read_metrics(metrics_path)
-    # A resumed run appends; keep the last record per step so the curve has no back-tracks.
-    by_step = {r["step"]: r for r in records if "event" not in r}
-    steps = sorted(by_step)
+    train, evals = loss_points(read_metrics(metrics_path))
     fig, ax = plt.subplots(figsize=(7, 4))
-    # Skipped steps (null loss, or a spike kept out of the update) are left off the curve.
-    train = [(s, by_step[s]["loss"]) for s in steps
-             if by_step[s].get("loss") is not None and not by_step[s].get("skipped")]
-    evals = [(s, by_step[s]["eval_loss"]) for s in steps if by_step[s].get("eval_loss") is not None]
     if train:
         ax.plot(*zip(*train), label="train loss")
     if evals:

@@ -46,6 +46,7 @@ from .nonfinite import (NonFiniteGuard, check_state_before_save, halt_if_asked, 
 from .optim import build_optimizer
 from .schedule import build_scheduler
 from .step_reads import DeferredReads
+from .systems import record_trained
 from .watchdog import Watchdog
 
 RESOLVED_CONFIG = "config.yaml"
@@ -362,6 +363,7 @@ class Trainer:
         watchdog = self._watchdog = Watchdog(cfg.train.hang_timeout_s, cfg.train.hang_timeout_save_s,
                                              cfg.eval.batches, goodput.median_step_s)
         last: Dict[str, Any] = {}
+        first_step = self.step + 1
         steps_this_run = 0
         saved_at = self.step
         ended = "error"
@@ -377,6 +379,8 @@ class Trainer:
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
                     self.checkpoint_now()
                     saved_at = self.step
+                    if is_main_process():  # a job killed later still shows the steps it saved
+                        record_trained(self.run_dir, cfg, first_step, self.step, "running")
                 if cfg.train.stop_after and steps_this_run >= cfg.train.stop_after:
                     break
                 with watchdog.between_steps(self.step):  # its all-reduce can hang like a step's
@@ -399,6 +403,8 @@ class Trainer:
             totals = goodput.write(ended=ended)
             if is_main_process():
                 print(goodput.summary_line(totals), flush=True)
+                if self.step >= first_step:  # which system ran which steps (systems.jsonl)
+                    record_trained(self.run_dir, cfg, first_step, self.step, ended)
             logger.close()
         return last
 
