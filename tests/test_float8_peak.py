@@ -178,21 +178,19 @@ def _recipes():
         yield path.stem, yaml.safe_load(path.read_text())
 
 
-def test_recipes_compile_and_70b_ones_interleave_to_a_small_bubble():
-    seen70 = 0
+def test_recipes_compile_and_their_pipelines_have_a_small_bubble():
+    """Recipes come from the planner (scripts/plan_recipes.py); whatever pipeline it picks idles < 10%."""
+    from eurotron.plan.throughput import bubble_fraction
+
     for name, recipe in _recipes():
         par, data = recipe["parallel"], recipe["data"]
         # DeepSpeed's ZeRO hooks are not verified under compile (validation refuses it there).
         assert par["compile"] is (par.get("dp_engine", "fsdp") != "deepspeed"), name
-        if not name.endswith("70b"):
+        if par["pp"] == 1:
             continue
-        seen70 += 1
         dp = par["dp_shard"] * par["dp_replicate"]
         n_micro = data["global_batch_size"] // (data["micro_batch_size"] * dp)
-        pp, v = par["pp"], par["pp_virtual_stages"]
-        assert par["pp_schedule"] == "interleaved_1f1b" and v == 2 and 80 % (pp * v) == 0, name
-        one_f_one_b, interleaved = (pp - 1) / (n_micro + pp - 1), (pp - 1) / (v * n_micro + pp - 1)
-        assert interleaved < 0.6 * one_f_one_b and interleaved < 0.10, (name, one_f_one_b, interleaved)
-    assert seen70 == 9
+        bubble = bubble_fraction(par["pp_schedule"], par["pp"], par.get("pp_virtual_stages", 1), n_micro)
+        assert bubble < 0.10, (name, bubble)
     lumi = dict(_recipes())["lumi_llama3_70b"]["parallel"]
-    assert lumi["tp"] == 2  # TP inside one MI250X (its two GCDs)
+    assert lumi["tp"] <= 2  # TP never crosses one MI250X (its two GCDs)

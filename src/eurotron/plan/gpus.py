@@ -30,7 +30,7 @@ _TABLE = (
     (("H100 PCIE", "H100 PCI"), GpuSpec("H100 PCIe", "nvidia", 756e12, True, 0.50)),
     (("H200",), GpuSpec("H200 SXM", "nvidia", 989e12, True, 0.50)),
     (("H100",), GpuSpec("H100 SXM", "nvidia", 989e12, True, 0.50)),
-    (("A100",), GpuSpec("A100", "nvidia", 312e12, False, 0.60)),
+    (("A100",), GpuSpec("A100", "nvidia", 312e12, False, 0.47)),
     (("MI300X",), GpuSpec("MI300X", "amd", 1307e12, True, 0.35)),
     (("MI250X", "MI250"), GpuSpec("MI250X GCD", "amd", 191.5e12, False, 0.40)),
 )
