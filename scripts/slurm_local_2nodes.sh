@@ -1,8 +1,8 @@
 # Sourced by scripts/slurm_local.sh for `--nodes 2`: a real two-node Slurm on one machine.
 #
 # Each node is a network namespace (et-n1, et-n2) whose slurmd also runs in its own UTS namespace
-# (hostname = node name) and mount namespace (a private /etc/hosts bind-mounted over the real one,
-# which is never edited). A bridge in the root namespace joins them:
+# (hostname = node name) and mount namespace (a private /etc/hosts and /etc/resolv.conf bind-mounted
+# over the real ones, which are never edited). A bridge in the root namespace joins them:
 #
 #   root namespace: etbr0 10.77.0.1 (slurmctld, sbatch/scontrol of the tests)
 #     veth et-n1-h <-> et0 10.77.0.11 in netns et-n1 (slurmd -N et-n1, its job steps and ranks)
@@ -29,6 +29,9 @@ write_conf2() {
         echo "$NET.1 ${host}-ctld"
         for i in 1 2; do echo "$(node_ip $i) ${NODE_NAMES[$((i - 1))]}"; done
     } > "$DIR/hosts"
+    # No name server is reachable from the nodes: a lookup the hosts file cannot answer (c10d's reverse
+    # lookup of an IPv4-mapped IPv6 peer) must fail at once, not after 10 s of DNS timeouts per peer.
+    printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' > "$DIR/resolv.conf"
     cat > "$CONF" <<EOF
 # Written by scripts/slurm_local.sh --nodes 2: two nodes in network namespaces, root, no accounting.
 ClusterName=eurotron-local2
@@ -104,8 +107,9 @@ start_slurmd_in() {
     # UTS: hostname = node name; mount: the private hosts file (the machine's /etc/hosts stays as is).
     # nsenter, not `ip netns exec`: that remounts /sys, hiding the cgroup tree slurmd insists on.
     unshare --uts --mount --propagation private nsenter --net="/run/netns/$name" \
-        sh -c 'hostname "$1" && mount --bind "$2" /etc/hosts && exec /usr/sbin/slurmd -f "$3" -N "$1"' \
-        sh "$name" "$DIR/hosts" "$CONF"
+        sh -c 'hostname "$1" && mount --bind "$2/hosts" /etc/hosts && mount --bind "$2/resolv.conf" /etc/resolv.conf &&
+               exec /usr/sbin/slurmd -f "$3" -N "$1"' \
+        sh "$name" "$DIR" "$CONF"
 }
 
 nodes2_up() {
