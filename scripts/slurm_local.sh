@@ -156,12 +156,21 @@ stop_daemons() {
     stop_pidfile "$DIR/slurmctld.pid"
 }
 
+# munged is shared by every local cluster (one-node and two-node): the one that started it ends it,
+# unless another cluster's daemons still use it (that one's stop ends it later, or nobody's does).
+stop_munge_if_ours() {
+    [ -f "$DIR/munged.ours" ] || return 0
+    rm -f "$DIR/munged.ours"
+    if pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; then
+        log "munged left running: another Slurm on this machine still uses it"
+        return 0
+    fi
+    stop_pidfile /run/munge/munged.pid
+}
+
 stop() {
     stop_daemons
-    if [ -f "$DIR/munged.ours" ]; then
-        stop_pidfile /run/munge/munged.pid
-        rm -f "$DIR/munged.ours"
-    fi
+    stop_munge_if_ours
     log "stopped"
 }
 

@@ -167,9 +167,6 @@ stop2() {
     stop_slurmds2
     stop_pidfile "$DIR/slurmctld.pid"
     net_down
-    if [ -f "$DIR/munged.ours" ]; then
-        stop_pidfile /run/munge/munged.pid
-        rm -f "$DIR/munged.ours"
-    fi
+    stop_munge_if_ours
     log "stopped the two-node cluster"
 }

@@ -92,8 +92,8 @@ def test_demo_runs_tp_inside_a_node_and_pp_across_the_two_nodes_under_srun(srun_
     # Ranks 0,1 (a TP group, pipeline stage 0) on et-n1; ranks 2,3 (stage 1) on et-n2.
     assert ("nodes: 2 (et-n1: ranks 0,1; et-n2: ranks 2,3); tp groups inside one node each, "
             "pp ranks on et-n1 | et-n2") in log, log
-    assert re.search(r"start-up: [\d.]+ s from process start to the end of the first step: imports [\d.]+ s, "
-                     r"rendezvous [\d.]+ s", log), log
+    assert re.search(r"start-up: [\d.]+ s from job start to the end of the first step: launch [\d.]+ s, "
+                     r"imports [\d.]+ s, rendezvous [\d.]+ s, mesh [\d.]+ s, data open [\d.]+ s, model build", log), log
     goodput = json.loads((run_dir / "goodput.json").read_text())
     assert goodput["attempts"][0]["startup_parts"]["nodes"] == "2"
     assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == list(range(1, STEP_COUNT + 1))

@@ -1,6 +1,7 @@
 """Where a process's start-up went, from its start to the end of its first training step.
 
-Parts (seconds): ``imports`` (process start to the trainer's construction: interpreter, torch, config),
+Parts (seconds): ``launch`` (in a job eurotron-launch rendered: from the job script's start, exported
+as EUROTRON_JOB_STARTED_AT, to this process's start: srun/torchrun spawning the ranks), ``imports`` (process start to the trainer's construction: interpreter, torch, config),
 ``rendezvous`` (process group init: waiting for every rank, on every node), ``mesh``, ``data_open``
 (datasets, tokenizer check, loader), ``model_build`` (model, parallelisation, optimizers), ``resume``
 (run dir, checkpoint load), ``first_step`` and ``other``. Rank 0 prints one line and logs a
@@ -10,12 +11,13 @@ systems and by the rendezvous, which is why they are separate.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Dict, Optional
 
 from .goodput import process_start_time
 
-PARTS = ("imports", "rendezvous", "mesh", "data_open", "model_build", "resume", "first_step")
+PARTS = ("launch", "imports", "rendezvous", "mesh", "data_open", "model_build", "resume", "first_step")
 
 
 class StartupClock:
@@ -23,6 +25,11 @@ class StartupClock:
         self.started_at = process_start_time()
         self._last = time.time()
         self.parts: Dict[str, float] = {"imports": self._last - self.started_at}
+        self.job_started_at = _job_started_at()
+        # The process start has the kernel's boot-time resolution (1 s): a job start up to 1 s "after" it
+        # is the same moment.
+        if self.job_started_at is not None and self.job_started_at <= self.started_at + 1.0:
+            self.parts["launch"] = max(self.started_at - self.job_started_at, 0.0)
         self.total_s: Optional[float] = None
 
     def mark(self, part: str) -> None:
@@ -38,7 +45,7 @@ class StartupClock:
     def finish(self) -> Dict[str, float]:
         """After the first step: the total and ``other`` (whatever no part claimed)."""
         self.mark("first_step")
-        self.total_s = self._last - self.started_at
+        self.total_s = self._last - self.started_at + self.parts.get("launch", 0.0)
         self.parts["other"] = max(self.total_s - sum(self.parts.get(p, 0.0) for p in PARTS), 0.0)
         return self.record()
 
@@ -49,4 +56,12 @@ class StartupClock:
 
     def line(self) -> str:
         parts = ", ".join(f"{p.replace('_', ' ')} {self.parts.get(p, 0.0):.1f} s" for p in (*PARTS, "other"))
-        return f"start-up: {self.total_s or 0.0:.1f} s from process start to the end of the first step: {parts}"
+        since = "job start" if "launch" in self.parts else "process start"
+        return f"start-up: {self.total_s or 0.0:.1f} s from {since} to the end of the first step: {parts}"
+
+
+def _job_started_at() -> Optional[float]:
+    try:
+        return float(os.environ["EUROTRON_JOB_STARTED_AT"])
+    except (KeyError, ValueError):
+        return None
