@@ -3,9 +3,10 @@ each its own network namespace, hostname and address), cluster=local_2nodes (2 C
 
 The demo as 2 nodes x 2 ranks (TP2 inside a node, PP2 across the nodes) under srun (one task per rank);
 the same run under torchrun (one task per node, c10d rendezvous on et-n1) with a USR2 preemption and a
-requeue, ending bitwise equal to the srun run; a two-point sweep whose jobs each span both nodes; and a
-node failure: node 2's ranks freeze mid-run, the job ends within the collective timeout naming the
-failure, and the next job of the chain resumes from the last complete checkpoint with the same losses.
+requeue, ending bitwise equal to the srun run; a two-point sweep whose jobs each span both nodes; node 2's
+ranks killed (the job ends at once, naming the failure); and node 2's ranks frozen mid-run: the job ends
+within the timeouts naming the failure, and the next job of the chain resumes from the last complete
+checkpoint with the same losses.
 
 Skipped, loudly, only when the two-node cluster is not running (.ci/run starts it).
 """
@@ -194,3 +195,22 @@ def test_a_frozen_node_ends_the_job_within_the_collective_timeout_and_the_chain_
     assert resumed >= 4 and resumed % 4 == 0, log
     # The loss curve continues exactly: every step's last record equals the uninterrupted run's.
     assert losses(run_dir) == losses(reference)
+
+
+def test_killed_ranks_on_one_node_end_the_job_at_once_naming_the_failure(slurm2, dataset, tmp_path):
+    """A node that dies (its ranks killed): the survivors' next collective fails with the peer gone and
+    srun (--kill-on-bad-exit) ends the job within seconds, not after a timeout."""
+    run_dir = tmp_path / "killed"
+    (job_id,) = launch([*TRAIN, *STEPS, f"data.path={dataset}", f"run_dir={run_dir}"], slurm2, tmp_path)
+    wait_for_steps(run_dir, job_id, slurm2, 4)
+    killed = node_ranks("et-n2")
+    assert len(killed) == 2, killed
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    killed_at = time.time()
+    info = wait_for(job_id, slurm2, timeout=60)
+    log = log_text(run_dir)
+    assert info["JobState"] == "FAILED" and time.time() - killed_at < 30, log
+    assert "srun: error: et-n2: task 2: Killed" in log, log
+    assert re.search(r"eurotron: collective failure on rank [01] \(et-n1\) after step \d+: .*Connection closed by "
+                     r"peer", log), log
