@@ -211,6 +211,6 @@ def test_killed_ranks_on_one_node_end_the_job_at_once_naming_the_failure(slurm2,
     info = wait_for(job_id, slurm2, timeout=60)
     log = log_text(run_dir)
     assert info["JobState"] == "FAILED" and time.time() - killed_at < 30, log
-    assert "srun: error: et-n2: task 2: Killed" in log, log
-    assert re.search(r"eurotron: collective failure on rank [01] \(et-n1\) after step \d+: .*Connection closed by "
-                     r"peer", log), log
+    assert re.search(r"srun: error: et-n2: tasks? 2(-3)?: Killed", log), log
+    assert re.search(r"eurotron: collective failure on rank [01] \(et-n1\) after step \d+: .*Connection (closed|reset) "
+                     r"by peer", log), log
