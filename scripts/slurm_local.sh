@@ -1,20 +1,33 @@
 #!/usr/bin/env bash
-# A real, single-node Slurm on this machine, for the launcher tests and CI (Debian/Ubuntu, no systemd).
+# A real Slurm on this machine, for the launcher tests and CI (Debian/Ubuntu, no systemd): one node,
+# or two nodes (--nodes 2), each in its own network and UTS namespace (scripts/slurm_local_2nodes.sh).
 #
 #   scripts/slurm_local.sh install         apt-get install slurm-wlm (+ munge) when sbatch is missing
 #   eval "$(scripts/slurm_local.sh start)"  start munged, slurmctld and slurmd (idempotent); prints
 #                                         `export SLURM_CONF=...` on stdout, progress on stderr
-#   scripts/slurm_local.sh status          exit 0 when the node answers
+#   scripts/slurm_local.sh status          exit 0 when the node(s) answer
 #   scripts/slurm_local.sh stop            scontrol shutdown; end munged when this script started it
+#   ... start|status|stop --nodes 2        the two-node cluster (et-n1, et-n2), beside the one-node one
 #
-# Everything lives under $EUROTRON_SLURM_DIR (default /tmp/eurotron-slurm): slurm.conf, state, logs.
-# Jobs asking for more tasks than the node has CPUs need `--overcommit` (configs/cluster/local.yaml
-# sets it). Needs root (SlurmUser=root), as a CI machine or a container gives.
+# Everything lives under $EUROTRON_SLURM_DIR (default /tmp/eurotron-slurm, /tmp/eurotron-slurm2 for
+# two nodes): slurm.conf, state, logs. Jobs asking for more tasks than the node has CPUs need
+# `--overcommit` (configs/cluster/local.yaml sets it). Needs root (SlurmUser=root), as a CI machine or
+# a container gives.
 set -euo pipefail
 
-DIR=${EUROTRON_SLURM_DIR:-/tmp/eurotron-slurm}
+ACTION=${1:-}
+NODES=1
+if [ "${2:-}" = "--nodes" ]; then NODES=${3:-}; fi
+case "$NODES" in 1|2) ;; *) echo "slurm_local: --nodes takes 1 or 2 (got '$NODES')" >&2; exit 2 ;; esac
+if [ "$NODES" = 2 ]; then
+    DIR=${EUROTRON_SLURM_DIR:-/tmp/eurotron-slurm2}
+    # Its own controller port: the one-node cluster may run beside it (slurmd ports are per namespace).
+    CTLD_PORT=${EUROTRON_SLURMCTLD_PORT:-6827}
+else
+    DIR=${EUROTRON_SLURM_DIR:-/tmp/eurotron-slurm}
+    CTLD_PORT=${EUROTRON_SLURMCTLD_PORT:-6817}
+fi
 CONF=$DIR/slurm.conf
-CTLD_PORT=${EUROTRON_SLURMCTLD_PORT:-6817}
 SLURMD_PORT=${EUROTRON_SLURMD_PORT:-6818}
 
 log() { echo "slurm_local: $*" >&2; }
@@ -143,19 +156,41 @@ stop_daemons() {
     stop_pidfile "$DIR/slurmctld.pid"
 }
 
+# munged is shared by every local cluster (one-node and two-node): the one that started it ends it,
+# unless another cluster's daemons still use it (that one's stop ends it later, or nobody's does).
+stop_munge_if_ours() {
+    [ -f "$DIR/munged.ours" ] || return 0
+    rm -f "$DIR/munged.ours"
+    if pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; then
+        log "munged left running: another Slurm on this machine still uses it"
+        return 0
+    fi
+    stop_pidfile /run/munge/munged.pid
+}
+
 stop() {
     stop_daemons
-    if [ -f "$DIR/munged.ours" ]; then
-        stop_pidfile /run/munge/munged.pid
-        rm -f "$DIR/munged.ours"
-    fi
+    stop_munge_if_ours
     log "stopped"
 }
 
-case "${1:-}" in
+if [ "$NODES" = 2 ]; then
+    # shellcheck source=scripts/slurm_local_2nodes.sh
+    . "$(dirname "$0")/slurm_local_2nodes.sh"
+    case "$ACTION" in
+        install) install ;;
+        start) start2 ;;
+        stop) stop2 ;;
+        status) nodes2_up ;;
+        *) echo "usage: $0 install|start|stop|status [--nodes 1|2]" >&2; exit 2 ;;
+    esac
+    exit
+fi
+
+case "$ACTION" in
     install) install ;;
     start) start ;;
     stop) stop ;;
     status) node_up ;;
-    *) echo "usage: $0 install|start|stop|status" >&2; exit 2 ;;
+    *) echo "usage: $0 install|start|stop|status [--nodes 1|2]" >&2; exit 2 ;;
 esac

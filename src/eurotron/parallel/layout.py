@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import List, Sequence
+import socket
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -78,3 +79,25 @@ def format_layout(cfg: TrainConfig, ranges: Sequence[range], per_rank: Sequence[
                      f"{human_bytes(plan.total_bytes)} at the peak of a bf16 GPU step, plan/memory.py)")
     lines.append(f"  model: {cfg.model.name}, {total_params:,} parameters")
     return "\n".join(lines)
+
+
+def node_placement(cfg: TrainConfig) -> Optional[str]:
+    """Which ranks each host runs and whether every TP group sits inside one node (collective: every rank
+    calls it); None on one host. Megatron's order puts TP groups (consecutive ranks) inside a node."""
+    if not dist.is_initialized():
+        return None
+    hosts: List[str] = [""] * dist.get_world_size()
+    dist.all_gather_object(hosts, socket.gethostname())
+    if len(set(hosts)) <= 1:
+        return None
+    by_host: Dict[str, List[int]] = {}
+    for rank, host in enumerate(hosts):
+        by_host.setdefault(host, []).append(rank)
+    tp = cfg.parallel.tp
+    tp_inside = all(len({hosts[r] for r in range(g, g + tp)}) == 1 for g in range(0, len(hosts), tp))
+    stage_hosts = [sorted({hosts[r] for r in range(len(hosts)) if r // (len(hosts) // cfg.parallel.pp) == p})
+                   for p in range(cfg.parallel.pp)]
+    text = "; ".join(f"{h}: ranks {','.join(map(str, rs))}" for h, rs in by_host.items())
+    pp = (", pp ranks on " + " | ".join("+".join(h) for h in stage_hosts)) if cfg.parallel.pp > 1 else ""
+    return (f"  nodes: {len(by_host)} ({text}); tp groups {'inside one node each' if tp_inside else 'SPAN NODES'}"
+            f"{pp}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import socket
 import sys
 from dataclasses import dataclass
 from typing import List, Optional
@@ -187,3 +188,24 @@ def build_mesh(par: ParallelConfig, device: torch.device) -> ParallelMesh:
     mesh = init_device_mesh(device.type, (par.pp, par.dp_replicate, par.dp_shard, par.tp), mesh_dim_names=MESH_DIMS)
     mesh["dp_replicate", "dp_shard"]._flatten(DP_FLAT)
     return ParallelMesh(par, mesh)
+
+
+_PEER_FAILURE_HINTS = ("gloo", "nccl", "timed out", "timeout", "connection closed", "connection reset",
+                       "broken pipe", "socket")
+
+
+def collective_failure_line(err: BaseException, step: int, timeout_minutes: float) -> Optional[str]:
+    """One line naming a failed collective (a peer rank or node died or hangs), or None when `err` is not one.
+
+    Gloo/NCCL errors are terse and arrive as a traceback per rank; this line says what happened, where,
+    and what the job does next, so a log reader does not have to decode them."""
+    if not dist.is_initialized():
+        return None
+    text = str(err)
+    if not isinstance(err, dist.DistError) and not any(h in text.lower() for h in _PEER_FAILURE_HINTS):
+        return None
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return (f"eurotron: collective failure on rank {dist.get_rank()} ({socket.gethostname()}) after step {step}: "
+            f"{first} -- a peer rank or node died or stopped answering (cluster.collective_timeout_minutes="
+            f"{timeout_minutes:g}); ending this rank so the job fails and its requeue or the next job of the "
+            f"chain resumes from the last complete checkpoint")

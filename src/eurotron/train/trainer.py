@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,8 +32,8 @@ from ..model import build_model, count_parameters, model_flops_per_token
 from ..model.linear import onednn_available, set_cpu_matmul
 from ..model.masks import check_trainable
 from ..parallel.env import ProcessEnv, is_main_process, process_env, select_device
-from ..parallel.layout import format_layout, gather_counts
-from ..parallel.mesh import build_mesh, init_distributed, resolve_backend
+from ..parallel.layout import format_layout, gather_counts, node_placement
+from ..parallel.mesh import build_mesh, collective_failure_line, init_distributed, resolve_backend
 from ..parallel.parallelize import parallelize
 from ..plan.layout import world_size_problem
 from .checkpoint import CheckpointManager, load_checkpoint
@@ -45,6 +47,7 @@ from .nonfinite import (NonFiniteGuard, check_state_before_save, halt_if_asked, 
                         step_values)
 from .optim import build_optimizer
 from .schedule import build_scheduler
+from .startup import StartupClock
 from .step_reads import DeferredReads
 from .systems import record_trained
 from .watchdog import Watchdog
@@ -54,6 +57,7 @@ RESOLVED_CONFIG = "config.yaml"
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, config_yaml: str, env: Optional[ProcessEnv] = None) -> None:
+        self._startup: Optional[StartupClock] = StartupClock()  # printed after the first step
         self.cfg = cfg
         self.config_yaml = config_yaml
         self.env = env or process_env()
@@ -71,15 +75,19 @@ class Trainer:
             from ..parallel.deepspeed_engine import import_deepspeed
 
             import_deepspeed()
+        self._startup.skip()
         init_distributed(self.env, self.device, cfg.cluster.backend, cfg.cluster.collective_timeout_minutes)
+        self._startup.mark("rendezvous")
         checkpoint_run_dir.check(self.run_dir, cfg.checkpoint.resume)  # before any work: writable, no clobbering
         self.pmesh = build_mesh(cfg.parallel, self.device)
+        self._startup.mark("mesh")
         # Data-parallel coordinates; a single process is DP rank 0 of 1.
         self.dp_rank, self.dp_size, self.dp_group = self.pmesh.dp_rank, self.pmesh.dp_size, self.pmesh.dp_group
 
         # data.path alone, or the weighted blend of data.blend (eval split and tokenizer: data.path's).
         self.dataset = open_train_dataset(cfg.data, "train")
         self._check_vocab()
+        self._startup.mark("data_open")
         torch.manual_seed(cfg.train.seed)
         # This rank's parts of the model: one, or one per local pipeline stage; one optimizer each.
         self.parallel = parallelize(cfg, self.pmesh, self.device, seed=cfg.train.seed)
@@ -92,6 +100,7 @@ class Trainer:
             self.model_parts = self.parallel.parts
         self.schedulers = [build_scheduler(opt, cfg.scheduler, cfg.train.steps) for opt in self.optimizers]
         self.model, self.optimizer, self.scheduler = self.model_parts[0], self.optimizers[0], self.schedulers[0]
+        self._startup.mark("model_build")
         # The next step's batches are prepared in a background thread (pinned on GPUs): data/prefetch.py.
         self.loader = wrap_loader(BatchLoader(
             self.dataset,
@@ -105,6 +114,7 @@ class Trainer:
             batch_transform=build_batch_transform(cfg.loss),  # Goldfish: narrows loss_mask
         ), self.device)
         self.eval_dataset = self._open_eval_split()
+        self._startup.mark("data_open")
         # checkpoint.export_hf_every: rank 0 converts due checkpoints to HF format once committed (hf_export.py).
         self.hf_exporter = (HFExporter(cfg.checkpoint.export_hf_every, cfg.checkpoint.export_hf_dtype)
                             if cfg.checkpoint.export_hf_every and is_main_process() else None)
@@ -145,11 +155,14 @@ class Trainer:
 
     def _print_layout(self) -> None:
         per_rank = gather_counts(self.parallel.local_parameter_count(), self.device)
+        placement = node_placement(self.cfg)  # several hosts only: which ranks where
         if is_main_process():
             total = count_parameters(build_model(self.cfg.model, device="meta"))
             backend = resolve_backend(self.cfg.cluster.backend, self.device) if self.pmesh.enabled else "single process"
             print(format_layout(self.cfg, self.parallel.layer_ranges, per_rank, total, backend, self.device),
                   flush=True)
+            if placement:
+                print(placement, flush=True)
 
     def _prepare_run_dir(self) -> None:
         # restart (or a fresh start beside an old metrics.jsonl) moves the old run aside first.
@@ -338,10 +351,22 @@ class Trainer:
             halt_if_asked(record)  # train.nonfinite=stop or too many consecutive skips: logged, then out
         return done[-1] if done else None
 
+    def _report_startup(self, goodput: Goodput) -> None:
+        """Once per process, after its first step: rank 0 prints the parts and keeps them in goodput.json
+        (this attempt's ``startup_parts``; metrics.jsonl stays one record per step)."""
+        clock, self._startup = self._startup, None
+        record = clock.finish()
+        if is_main_process():
+            nodes = os.environ.get("SLURM_JOB_NUM_NODES", "1")
+            print(f"{clock.line()} ({self.env.world_size} rank(s), {nodes} node(s))", flush=True)
+            goodput.attempt["startup_parts"] = {"ranks": self.env.world_size, "nodes": nodes, **record}
+
     def fit(self) -> Dict[str, Any]:
         cfg = self.cfg
         self._prepare_run_dir()
         self._maybe_resume()
+        if self._startup is not None:
+            self._startup.mark("resume")
         self._write_resolved_config()
         if self.step == 0 and cfg.train.init_from:  # no checkpoint resumed: start from given weights
             from .init_from import load_initial_weights
@@ -367,11 +392,15 @@ class Trainer:
         steps_this_run = 0
         saved_at = self.step
         ended = "error"
+        if self._startup is not None:
+            self._startup.skip()  # logger, goodput, watchdog: "other"
         try:
             while self.step < cfg.train.steps:
                 with watchdog.step(self.step + 1), goodput.phase("train_s"):
                     record = self.train_step()
                 steps_this_run += 1
+                if self._startup is not None:
+                    self._report_startup(goodput)
                 if self.eval_dataset is not None and cfg.eval.every and self.step % cfg.eval.every == 0:
                     with watchdog.evaluation(self.step), goodput.phase("eval_s"):
                         record["eval_loss"] = self.evaluate()
@@ -397,6 +426,11 @@ class Trainer:
                 with goodput.phase("checkpoint_s"):
                     self.hf_exporter.close()  # the last Hugging Face export is complete before exiting
             ended = "finished" if self.step >= cfg.train.steps else "stopped"
+        except Exception as err:
+            line = collective_failure_line(err, self.step, cfg.cluster.collective_timeout_minutes)
+            if line:
+                print(line, file=sys.stderr, flush=True)
+            raise
         finally:
             watchdog.close()
             self._watchdog = self._goodput = None

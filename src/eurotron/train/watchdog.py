@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import os
+import socket
 import sys
 import threading
 import time
@@ -147,7 +148,8 @@ class Watchdog:
     @staticmethod
     def _fire(label: str, allowance: float) -> None:
         rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
-        print(f"eurotron: hang: {label} has run longer than {allowance:g} s on rank {rank}; dumping the "
+        print(f"eurotron: hang: {label} has run longer than {allowance:g} s on rank {rank} ({socket.gethostname()}); "
+              f"a peer rank or node may have died or frozen; dumping the "
               f"Python stacks of every thread and exiting with code {EXIT_CODE} so the job can requeue or "
               f"continue from the last checkpoint", file=sys.stderr, flush=True)
         faulthandler.dump_traceback(file=_stderr(), all_threads=True)
