@@ -7,8 +7,13 @@ chains; a failed task is redone alone; and the whole chain on this machine's rea
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +185,110 @@ def _naive(batches, exact, near):
             if has:
                 seen_band.update(bands)
     return out
+
+
+# --------------------------------------------------------------------------------- real Slurm
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def slurm_env():
+    script = REPO / "scripts" / "slurm_local.sh"
+    if shutil.which("sbatch") is None:
+        pytest.skip("SKIPPED THE REAL-SLURM TEST of the staged prepare: Slurm is not installed (no sbatch on PATH); "
+                    "run .ci/run, or `scripts/slurm_local.sh install` then `eval \"$(scripts/slurm_local.sh start)\"`")
+    if subprocess.run([str(script), "status"], capture_output=True).returncode != 0:
+        pytest.skip("SKIPPED THE REAL-SLURM TEST of the staged prepare: the local Slurm is not running; "
+                    "`eval \"$(scripts/slurm_local.sh start)\"` first (.ci/run does)")
+    started = subprocess.run([str(script), "start"], capture_output=True, text=True, timeout=120)
+    conf = re.search(r"export SLURM_CONF=(\S+)", started.stdout).group(1)
+    return {**os.environ, "SLURM_CONF": conf, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
+def _launch(args, env, cwd):
+    done = subprocess.run([str(BIN / "eurotron-prepare"), *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr + done.stdout
+    jobs = dict(re.findall(r"^  (\w+) +job (\d+)  tasks", done.stdout, re.M))
+    tasks = dict(re.findall(r"^  (\w+) +job \d+  tasks (\S+)", done.stdout, re.M))
+    return jobs, tasks
+
+
+def _wait_gone(job_ids, env, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        queued = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)], env=env, capture_output=True,
+                                text=True).stdout.split()
+        if not queued:
+            return
+        time.sleep(1)
+    subprocess.run(["scancel", *job_ids], env=env)
+    raise AssertionError(f"jobs {job_ids} still queued after {timeout} s")
+
+
+def test_staged_prepare_on_local_slurm_with_a_failed_task_rerun(corpus, slurm_env, tmp_path):
+    root, src, one = corpus
+    out = tmp_path / "slurm_out"
+    args = [*overrides(src, out), "launch=true", "staged.tasks=3", "staged.dedup_tasks=2", "staged.mem_per_task=500M",
+            "staged.time=00:10:00"]
+    env = {**slurm_env, FAIL_ONCE_ENV: "filter:1"}  # filter task 1 dies on its first attempt
+    jobs, tasks = _launch(args, env, tmp_path)
+    assert list(jobs) == ["filter", "dedup", "resolve", "tokenizer", "tokenize", "merge"] and tasks["filter"] == "0-2"
+    _wait_gone(list(jobs.values()), env)
+    work = tmp_path / "slurm_out.staged"
+    assert [(work / "filter" / f"{t:05d}.done").is_file() for t in range(3)] == [True, False, True]
+    assert not (work / "dedup" / "00000.done").exists() and not out.exists()  # afterok: nothing ran after it
+    assert "first attempt (test hook)" in (work / "logs").joinpath(
+        next(p.name for p in (work / "logs").glob("filter-*_1.out"))).read_text()
+    # The same command again: only filter task 1, then the later stages.
+    jobs, tasks = _launch(args, env, tmp_path)
+    assert tasks == {"filter": "1", "dedup": "0-1", "resolve": "0", "tokenizer": "0", "tokenize": "0-2", "merge": "0"}
+    _wait_gone(list(jobs.values()), env)
+    assert (work / "merge" / "00000.done").is_file(), sorted(p.name for p in (work / "logs").iterdir())
+    assert dataset_differences(one, out) == []
+    assert _launch(args, env, tmp_path)[0] == {}  # all done: nothing submitted
+
+
+# ------------------------------------------------------------------------ rendering, validation
+def test_launch_renders_chained_arrays_with_the_clusters_resources(corpus, tmp_path, monkeypatch):
+    from launch_support import make_fake_sbatch, sbatch_calls
+
+    from eurotron.data.staged.slurm import launch_staged
+
+    root, src, _ = corpus
+    env = make_fake_sbatch(tmp_path / "fake")
+    cfg = compose_prepare([*overrides(src, tmp_path / "out"), "cluster=lumi", "cluster.slurm.account=project_1",
+                           "cluster.container.image=/appl/x.sif", "staged.partition=small", "staged.tasks=3",
+                           "staged.dedup_tasks=2", "staged.max_parallel=2", "staged.cpus_per_task=4",
+                           "staged.mem_per_task=16G", "staged.time=04:00:00"])
+    monkeypatch.setenv("FAKE_SLURM_DIR", env["FAKE_SLURM_DIR"])  # where the fake sbatch records its calls
+    submitted = launch_staged(cfg, sbatch=str(tmp_path / "fake" / "bin" / "sbatch"), submit_dir=tmp_path)
+    calls = sbatch_calls(tmp_path / "fake")
+    assert [j["stage"] for j in submitted["jobs"]] == ["filter", "dedup", "resolve", "tokenizer", "tokenize", "merge"]
+    assert calls[0][:3] == ["--parsable", "--kill-on-invalid-dep=yes", "--array=0-2%2"]
+    assert calls[1][2:4] == ["--array=0-1%2", "--dependency=afterok:101"]
+    assert calls[2][2] == "--dependency=afterok:102" and not any(a.startswith("--array") for a in calls[2])
+    script = Path(calls[0][-1]).read_text()
+    for line in ("#SBATCH --account=project_1", "#SBATCH --partition=small", "#SBATCH --cpus-per-task=4",
+                 "#SBATCH --mem=16G", "#SBATCH --time=04:00:00", "module load lumi-aif-singularity-bindings",
+                 "singularity exec /appl/x.sif", "python -m eurotron.data.staged filter"):
+        assert line in script, line
+    assert "--workers 4" in script
+
+
+def test_launch_validation_names_every_bad_value():
+    from eurotron.config import ConfigError
+    from eurotron.data.staged.slurm import array_spec, check_staged_launch
+
+    cfg = compose_prepare(["cluster=lumi", "staged.tasks=2000", "staged.dedup_tasks=0", "staged.mem_per_task=lots",
+                           "staged.time=9-00:00:00", "staged.partition=small-g", "staged.cpus_per_task=64"])
+    with pytest.raises(ConfigError) as err:
+        check_staged_launch(cfg)
+    text = str(err.value)
+    for needle in ("staged.tasks=2000: more than lumi's array size limit (cluster.slurm.max_array_size=1000)",
+                   "staged.dedup_tasks=0: must be >= 1", "staged.mem_per_task='lots'", "staged.cpus_per_task=64",
+                   "cluster.slurm.account=None: lumi charges jobs", "cluster.container.image=None",
+                   "exceeds partition small-g's limit of 3-00:00:00"):
+        assert needle in text, needle
+    assert array_spec([0, 1, 2, 5, 7, 8], 0) == "0-2,5,7-8" and array_spec([3], 4) == "3%4"

@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from ..errors import DataError
+from ...errors import UserError
 from .runner import STAGES, run_task
 
 
@@ -20,7 +20,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         ran = run_task(args.work_dir, args.stage, args.task, args.workers)
-    except DataError as err:
+    except UserError as err:
         print(f"eurotron-prepare {args.stage} task {args.task}: error: {err}", file=sys.stderr)
         return 2
     print(f"eurotron-prepare {args.stage} task {args.task}: {'done' if ran else 'already done, skipped'}", flush=True)
