@@ -292,3 +292,13 @@ def test_launch_validation_names_every_bad_value():
                    "exceeds partition small-g's limit of 3-00:00:00"):
         assert needle in text, needle
     assert array_spec([0, 1, 2, 5, 7, 8], 0) == "0-2,5,7-8" and array_spec([3], 4) == "3%4"
+
+
+def test_staged_without_filters_equals_one_process(corpus):
+    root, src, _ = corpus
+    base = [*overrides(src, root / "nf_one"), "filters.enabled=false", "bad_records=skip"]
+    prepare(compose_prepare(base), progress=False)
+    manifest, _ = run_local(compose_prepare([*overrides(src, root / "nf_many"), "filters.enabled=false",
+                                             "bad_records=skip", "staged.tasks=2"]))
+    assert "removed" not in manifest["documents"] and manifest["documents"]["skipped"]["malformed_json"] == 1
+    assert dataset_differences(root / "nf_one", root / "nf_many") == []

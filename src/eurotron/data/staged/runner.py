@@ -89,11 +89,12 @@ def run_task(work_dir: Path | str, stage: str, task: int, num_workers: Optional[
         return False
     workers = cfg.num_workers if num_workers is None else num_workers
     info: Dict[str, Any] = {}
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with work.task_output(stage, task, info) as out:
         _fail_once(work, stage, task)
         info.update(_STAGE_FUNCS[stage](cfg, plan, work, task, out, workers))
         info["seconds"] = round(time.perf_counter() - started, 3)
+        info["cpu_seconds"] = round(time.process_time() - cpu, 3)  # this process only (num_workers=0: all)
     return True
 
 

@@ -53,6 +53,7 @@ def decided_slice(cfg: PrepareConfig, settings: StageSettings, files: Sequence[s
 def run_tokenizer(cfg: PrepareConfig, slices: List[List[str]], codes: List[np.ndarray], out: Path,
                   num_workers: int) -> Dict[str, Any]:
     settings = stage_settings(cfg)
+    settings.dedup_keys = False  # decided by stage 2
 
     def batches():  # the slices in order = the corpus in order; training stops at max_training_chars
         for task, files in enumerate(slices):
@@ -66,6 +67,8 @@ def run_tokenize(cfg: PrepareConfig, files: List[str], codes: np.ndarray, kept_b
                  task: int, out: Path, num_workers: int) -> Dict[str, Any]:
     settings = stage_settings(cfg)
     settings.tokenizer_dir = str(tokenizer_dir)
+    settings.dedup_keys = False  # decided by stage 2
+    settings.encode_threads = 1  # a task has its own cores (cpus_per_task), as a worker process has
     vocab_size = Tokenizer.load(tokenizer_dir).vocab_size
     report = ReportBuilder({})  # the merge task's builder holds the header
     writer = SplitWriter(out, cfg.eval_every_nth_document, vocab_size, cfg.shard_tokens, report,
