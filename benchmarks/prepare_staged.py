@@ -89,9 +89,9 @@ def main() -> None:
     prepare(compose_prepare([*base, f"output_dir={tok}", "tokenizer.max_training_chars=5000000"]), progress=False)
     given = [*base, f"tokenizer.path={tok / 'tokenizer'}"]
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     one = prepare(compose_prepare([*given, f"output_dir={root / 'one'}"]), progress=False)
-    one_s = time.perf_counter() - started
+    one_s, one_cpu = time.perf_counter() - started, time.process_time() - cpu
 
     cfg = compose_prepare([*given, f"output_dir={root / 'many'}", f"staged.tasks={args.tasks}",
                            f"staged.dedup_tasks={args.dedup_tasks}"])
@@ -115,6 +115,7 @@ def main() -> None:
         "tokens_per_doc": round(tokens_in / docs, 1), "tasks": args.tasks, "dedup_tasks": args.dedup_tasks,
         "cores": args.cores, "load_average_at_start": os.getloadavg(),
         "one_process_s": round(one_s, 2), "one_process_docs_per_s": round(docs / one_s, 1),
+        "one_process_cpu_us_per_token": round(one_cpu / tokens_in * 1e6, 4),
         "stage_wall_s": wall, "task_cpu_seconds": {k: round(v, 2) for k, v in task_s.items()},
         "staged_docs_per_s_per_node": round(docs / pipeline_s, 1),
         "staged_tokens_per_s_per_node": round(tokens_in / pipeline_s, 1),
