@@ -115,10 +115,12 @@ def test_a_failed_task_is_redone_alone(corpus, monkeypatch):
     assert (work / "dedup" / "00000.done").is_file() and not (work / "dedup" / "00001.done").exists()
     (work / "dedup" / "00001").mkdir()  # what a task killed after its rename, before its marker, leaves
     (work / "dedup" / "00001" / "postings.npy").write_bytes(b"partial")
+    (work / "dedup" / ".00001.tmp-dead0000").mkdir()  # ... and one killed while writing
     _, ran = run_local(cfg)
     assert ran == [("dedup", 1), ("resolve", 0), ("tokenizer", 0), ("tokenize", 0), ("tokenize", 1),
                    ("tokenize", 2), ("merge", 0)]
     assert dataset_differences(one, out) == []
+    assert not list((work / "dedup").glob(".*tmp-*"))
     # Done is done: nothing runs again; another config for the same work dir is refused.
     assert run_local(cfg)[1] == []
     with pytest.raises(Exception, match="different config"):

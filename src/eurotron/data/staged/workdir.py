@@ -76,6 +76,8 @@ class WorkDir:
         task_dir(stage, task) and the marker (holding `info`, filled in by the caller) is written."""
         final = self.task_dir(stage, task)
         final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in final.parent.glob(f".{final.name}.tmp-*"):  # an earlier attempt killed mid-write
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
         tmp.mkdir()
         try:
