@@ -4,6 +4,8 @@
   eurotron-prepare source.type=jsonl source.path=corpus.jsonl.gz output_dir=data/mycorpus
   eurotron-prepare source.type=parquet source.path=/scratch/p/parquet/ tokenizer.vocab_size=65536
   eurotron-prepare source.type=jsonl source.path=crawl/ filters.snapshot=/scratch/p/optout_2025_01 num_workers=16
+  eurotron-prepare launch=true cluster=lumi cluster.slurm.account=project_465000001 staged.partition=small \
+      source.type=jsonl source.path=/scratch/p/crawl/ output_dir=/scratch/p/tokens/crawl staged.tasks=200
 """
 
 from __future__ import annotations
@@ -79,10 +81,31 @@ def _removals(output_dir: str, manifest: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def launch_summary(submitted: Dict[str, Any], output_dir: str) -> str:
+    from ..data.staged.slurm import array_spec
+
+    lines = [f"eurotron-prepare: staged preparation of {output_dir}, work directory {submitted['work_dir']}"]
+    if not submitted["jobs"]:
+        lines.append("  every task is done already; nothing submitted")
+    for job in submitted["jobs"]:
+        lines.append(f"  {job['stage']:<10} job {job['job_id']}  tasks {array_spec(job['tasks'], 0)}")
+    if submitted["jobs"]:
+        ids = ",".join(job["job_id"] for job in submitted["jobs"])
+        lines.append(f"  submitted job {ids}; logs in {submitted['work_dir']}/logs. If a task fails, run this "
+                     f"same command again: it submits only the unfinished tasks")
+    return "\n".join(lines)
+
+
 def run(cfg: DictConfig) -> Dict[str, Any]:
     from ..data.prepare import prepare
 
     prepare_cfg: PrepareConfig = typed_config(cfg, PrepareConfig)
+    if prepare_cfg.launch:
+        from ..data.staged.slurm import launch_staged
+
+        submitted = launch_staged(prepare_cfg)
+        print(launch_summary(submitted, prepare_cfg.output_dir), flush=True)
+        return submitted
     manifest = prepare(prepare_cfg)
     print(summary(manifest, prepare_cfg.output_dir), flush=True)
     return manifest

@@ -25,7 +25,7 @@ from ..errors import UserError
 from .cluster import (BillingConfig, ClusterConfig, ContainerConfig, InterconnectConfig,  # noqa: F401
                       LauncherConfig, PartitionLimits, SlurmConfig, StorageConfig)
 from .prepare import (AI_CRAWLER_AGENTS, DedupConfig, FiltersConfig, OptOutConfig,  # noqa: F401
-                      PiiConfig, PrepareConfig, SourceConfig, TokenizerConfig)
+                      PiiConfig, PrepareConfig, SourceConfig, StagedConfig, TokenizerConfig)
 from .summary import SummaryConfig, SummaryModelConfig, SummaryProviderConfig  # noqa: F401
 from .train import (BlendSourceConfig, CheckpointConfig, DataConfig, EvalConfig,  # noqa: F401
                     DeepSpeedConfig, GenerateConfig, HFExportConfig, LaunchConfig, LoggingConfig, LossConfig, ModelConfig,
@@ -62,7 +62,7 @@ _SCHEMAS_BY_NAME = {
                 TrainingConfig, GenerateConfig, TrainConfig, SourceConfig, TokenizerConfig, PrepareConfig,
                 BlendSourceConfig, OptOutConfig, PiiConfig, DedupConfig, FiltersConfig,
                 SummaryProviderConfig, SummaryModelConfig, SummaryConfig, InterconnectConfig, BillingConfig,
-                PlanConfig)
+                PlanConfig, StagedConfig)
 }
 
 

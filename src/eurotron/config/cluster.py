@@ -56,6 +56,8 @@ class SlurmConfig:
     # Limits per partition and per QoS name, checked against slurm.partition / slurm.qos.
     partitions: Dict[str, PartitionLimits] = field(default_factory=dict)
     qos_limits: Dict[str, PartitionLimits] = field(default_factory=dict)
+    # The system's MaxArraySize (slurm.conf): array jobs (the staged prepare) get at most this many tasks.
+    max_array_size: int = 1000
 
 
 @dataclass

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from .cluster import ClusterConfig
+
 
 
 # ------------------------------------------------------------------------------------------- prepare
@@ -107,6 +109,26 @@ class FiltersConfig:
 
 
 @dataclass
+class StagedConfig:
+    """eurotron-prepare launch=true: the corpus as Slurm jobs (README "Preparing a corpus on a cluster")."""
+
+    # Resolved config, per-task outputs, job scripts and logs; null: <output_dir>.staged next to output_dir.
+    work_dir: Optional[str] = None
+    # Array tasks that filter (stage 1) and tokenize (stage 3), each a contiguous range of the input files.
+    tasks: int = 4
+    # Tasks of the dedup decisions (stage 2), each holding the keys whose hash % dedup_tasks is its own.
+    dedup_tasks: int = 2
+    # At most this many tasks of an array run at once (0: no limit).
+    max_parallel: int = 0
+    # Per task: cores (stage 1 and 3 run num_workers=cpus_per_task-1 workers), memory (--mem), time limit.
+    cpus_per_task: int = 1
+    mem_per_task: str = "4G"
+    time: str = "02:00:00"
+    # null: cluster.slurm.partition (on a GPU system, name its CPU partition here).
+    partition: Optional[str] = None
+
+
+@dataclass
 class PrepareConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -123,3 +145,7 @@ class PrepareConfig:
     # A malformed record (bad JSON, invalid UTF-8, missing or non-string text): fail (stop, naming
     # its file and line) or skip (count it per kind in the report and go on).
     bad_records: str = "fail"
+    # Submit the staged prepare to cluster's Slurm instead of running here (see `staged`).
+    launch: bool = False
+    staged: StagedConfig = field(default_factory=StagedConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)

@@ -22,14 +22,11 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterator
-
-import numpy as np
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .. import __version__
 from ..config import PrepareConfig, to_object
@@ -45,7 +42,8 @@ from .filters.robots import check_agents, check_semantics
 from .filters.stage import BAD_RECORD_POLICIES, BatchResult, StageSettings, effective_policy, uses_snapshot
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, TOKENIZER_DIR, write_manifest
 from .readers import iter_rows
-from .shards import ShardWriter, dtype_name, token_dtype
+from .shards import dtype_name, token_dtype
+from .split_writer import SplitWriter, finish_splits
 from .tokenizer import Tokenizer, train_sentencepiece
 from .workers import run_stage
 
@@ -56,49 +54,56 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> Dict[str, Any]:
     """Build the dataset `cfg` (a PrepareConfig or a composed DictConfig) describes in
     `cfg.output_dir`; return its manifest. `progress` shows tqdm bars on a terminal's stderr."""
     cfg = to_object(cfg, PrepareConfig)
-    _check_config(cfg)
+    check_config(cfg)
     out = Path(cfg.output_dir).expanduser().resolve()
-    _check_output(out, cfg.overwrite)
+    check_output(out, cfg.overwrite)
     ensure_writable_dir(out.parent, "output_dir", out, keep_created=False)  # up front, not after the tokenizer is trained
-    settings = _stage_settings(cfg)
-    with _staging_dir(out) as tmp:
+    settings = stage_settings(cfg)
+    with staging_dir(out) as tmp:
         started = time.perf_counter()
-        tokenizer = _build_tokenizer(cfg, settings, tmp / TOKENIZER_DIR, progress)
+        tokenizer = build_tokenizer(cfg, settings, tmp / TOKENIZER_DIR, progress)
         tokenizer_s = time.perf_counter() - started
         settings.tokenizer_dir = str(tmp / TOKENIZER_DIR)
-        report = ReportBuilder(_report_header(cfg, out, settings))
+        report = ReportBuilder(report_header(cfg, out, settings))
         splits, documents = _write_splits(cfg, settings, tokenizer, tmp, report, progress)
-        timing = _timing(tokenizer_s, time.perf_counter() - started, splits, documents)
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "eurotron_version": __version__,
-            "source": asdict(cfg.source),
-            "tokenizer_config": asdict(cfg.tokenizer),
-            "tokenizer": {"dir": TOKENIZER_DIR, **tokenizer.tokenizer_info(tmp / TOKENIZER_DIR)},
-            "shard_tokens": cfg.shard_tokens,
-            "eval_every_nth_document": cfg.eval_every_nth_document,
-            "dtype": dtype_name(token_dtype(tokenizer.vocab_size)),
-            "documents": documents,
-            "splits": splits,
-            "timing": timing,
-        }
-        if tokenizer.training_chars is not None:
-            manifest["tokenizer"]["training_chars"] = tokenizer.training_chars
-        report_json = report.to_json({
-            "splits": {name: {"docs": s["docs"], "tokens": s["tokens"]} for name, s in splits.items()},
-            "tokenizer": manifest["tokenizer"], "timing": timing,
-        })
-        write_reports(tmp, report_json)
-        manifest["report"] = {"json": REPORT_JSON, "markdown": REPORT_MD,
-                              "removed": {k: v["docs"] for k, v in report_json["removed"].items()}}
-        write_manifest(tmp, manifest)
-        _move_into_place(tmp, out, cfg.overwrite)
+        timing = timing_figures(tokenizer_s, time.perf_counter() - started, splits, documents)
+        manifest = write_dataset(cfg, tmp, tokenizer, splits, documents, timing, report)
+        move_into_place(tmp, out, cfg.overwrite)
     return manifest
 
 
-def _stage_settings(cfg: PrepareConfig) -> StageSettings:
+def write_dataset(cfg: PrepareConfig, tmp: Path, tokenizer: Tokenizer, splits: Dict[str, Any],
+                  documents: Dict[str, Any], timing: Dict[str, Any], report: ReportBuilder) -> Dict[str, Any]:
+    """manifest.json, report.json and report.md into `tmp` (whose splits and tokenizer are written)."""
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "eurotron_version": __version__,
+        "source": asdict(cfg.source),
+        "tokenizer_config": asdict(cfg.tokenizer),
+        "tokenizer": {"dir": TOKENIZER_DIR, **tokenizer.tokenizer_info(tmp / TOKENIZER_DIR)},
+        "shard_tokens": cfg.shard_tokens,
+        "eval_every_nth_document": cfg.eval_every_nth_document,
+        "dtype": dtype_name(token_dtype(tokenizer.vocab_size)),
+        "documents": documents,
+        "splits": splits,
+        "timing": timing,
+    }
+    if tokenizer.training_chars is not None:
+        manifest["tokenizer"]["training_chars"] = tokenizer.training_chars
+    report_json = report.to_json({
+        "splits": {name: {"docs": s["docs"], "tokens": s["tokens"]} for name, s in splits.items()},
+        "tokenizer": manifest["tokenizer"], "timing": timing,
+    })
+    write_reports(tmp, report_json)
+    manifest["report"] = {"json": REPORT_JSON, "markdown": REPORT_MD,
+                          "removed": {k: v["docs"] for k, v in report_json["removed"].items()}}
+    write_manifest(tmp, manifest)
+    return manifest
+
+
+def stage_settings(cfg: PrepareConfig) -> StageSettings:
     snapshot = None
     if uses_snapshot(cfg.filters):
         from .filters.snapshot import resolve_snapshot_path
@@ -108,7 +113,7 @@ def _stage_settings(cfg: PrepareConfig) -> StageSettings:
                          snapshot=snapshot)
 
 
-def _report_header(cfg: PrepareConfig, out: Path, settings: StageSettings) -> Dict[str, Any]:
+def report_header(cfg: PrepareConfig, out: Path, settings: StageSettings) -> Dict[str, Any]:
     header: Dict[str, Any] = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "eurotron_version": __version__,
@@ -132,7 +137,7 @@ def _report_header(cfg: PrepareConfig, out: Path, settings: StageSettings) -> Di
     return header
 
 
-def _timing(tokenizer_s: float, total_s: float, splits: Dict[str, Any], documents: Dict[str, Any]) -> Dict[str, float]:
+def timing_figures(tokenizer_s: float, total_s: float, splits: Dict[str, Any], documents: Dict[str, Any]) -> Dict[str, float]:
     shard_s = max(total_s - tokenizer_s, 1e-9)
     tokens = sum(split["tokens"] for split in splits.values())
     return {
@@ -145,7 +150,7 @@ def _timing(tokenizer_s: float, total_s: float, splits: Dict[str, Any], document
 
 
 @contextmanager
-def _staging_dir(out: Path) -> Iterator[Path]:
+def staging_dir(out: Path) -> Iterator[Path]:
     """A temporary sibling of `out` to build in; removed, with any parents it created, on failure."""
     new_parents = [parent for parent in out.parents if not parent.exists()]  # innermost first
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +171,7 @@ def _staging_dir(out: Path) -> Iterator[Path]:
 
 
 # ------------------------------------------------------------------------------------------ checks
-def _check_config(cfg: PrepareConfig) -> None:
+def check_config(cfg: PrepareConfig) -> None:
     problems = []
     if cfg.tokenizer.type not in TOKENIZER_TYPES:
         problems.append(f"tokenizer.type={cfg.tokenizer.type!r}: must be one of {', '.join(TOKENIZER_TYPES)}")
@@ -218,7 +223,7 @@ def _filter_problems(cfg: PrepareConfig) -> list:
     return problems
 
 
-def _check_output(out: Path, overwrite: bool) -> None:
+def check_output(out: Path, overwrite: bool) -> None:
     """Refuse to replace anything but an empty directory or (with overwrite) a prepared dataset."""
     if not out.exists():
         return
@@ -237,8 +242,8 @@ def _check_output(out: Path, overwrite: bool) -> None:
         )
 
 
-def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
-    _check_output(out, overwrite)  # again: something may have appeared there meanwhile
+def move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
+    check_output(out, overwrite)  # again: something may have appeared there meanwhile
     if out.exists():
         old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
         os.rename(out, old)
@@ -273,31 +278,44 @@ def _stream(cfg: PrepareConfig, settings: StageSettings, progress: bool, desc: s
             bar.close()
 
 
-def _source_name(cfg: PrepareConfig) -> str:
+def source_name(cfg: PrepareConfig) -> str:
     return f"{cfg.source.type}:{cfg.source.path or ''}"
 
 
-def _training_texts(cfg: PrepareConfig, settings: StageSettings, progress: bool,
-                    tally: RecordTally) -> Iterator[str]:
-    """The texts pass 2 would keep (filtered, scrubbed, deduplicated), for tokenizer training."""
+Decided = Iterator[Tuple[BatchResult, List[Optional[str]]]]
+
+
+def decided_batches(cfg: PrepareConfig, settings: StageSettings, progress: bool, desc: str) -> Decided:
+    """(stage result, dedup verdict per candidate) for the whole source, in order: one process decides."""
     dedup = Deduplicator(cfg.filters.dedup.exact, cfg.filters.dedup.near) if cfg.filters.enabled else None
-    stream = _stream(cfg, settings, progress, "tokenizer training")
+    stream = _stream(cfg, settings, progress, desc)
     try:
         for result in stream:
+            yield result, (dedup.decide(result.keys) if dedup is not None else [None] * len(result.candidates))
+    finally:
+        stream.close()
+
+
+def _training_texts(batches: Decided, tally: RecordTally) -> Iterator[str]:
+    """The texts pass 2 would keep (filtered, scrubbed, deduplicated), for tokenizer training."""
+    try:
+        for result, verdicts in batches:
             tally.add(result.kinds, result.where)
-            verdicts = dedup.decide(result.keys) if dedup is not None else [None] * len(result.candidates)
             for text, verdict in zip(result.texts, verdicts):
                 if verdict is None:
                     yield text
         tally.finished = True
     except Exception as err:
-        tally.failure = err  # SentencePiece's trainer swallows it; _build_tokenizer raises it again
+        tally.failure = err  # SentencePiece's trainer swallows it; build_tokenizer raises it again
         raise
     finally:
-        stream.close()
+        batches.close()
 
 
-def _build_tokenizer(cfg: PrepareConfig, settings: StageSettings, out_dir: Path, progress: bool) -> Tokenizer:
+def build_tokenizer(cfg: PrepareConfig, settings: StageSettings, out_dir: Path, progress: bool,
+                    batches: Optional[Callable[[], Decided]] = None) -> Tokenizer:
+    """Load the given tokenizer, or train SentencePiece on the kept texts of `batches()` (default: this
+    process's own pass over the source), in corpus order, up to tokenizer.max_training_chars."""
     tok = cfg.tokenizer
     if tok.type == "hf":
         tokenizer = Tokenizer.from_hf(tok.path)
@@ -310,14 +328,15 @@ def _build_tokenizer(cfg: PrepareConfig, settings: StageSettings, out_dir: Path,
         tokenizer.save(out_dir)
         return tokenizer
     tally = RecordTally()
-    texts = _training_texts(cfg, settings, progress, tally)
+    texts = _training_texts(batches() if batches else decided_batches(cfg, settings, progress, "tokenizer training"),
+                            tally)
     try:
         return train_sentencepiece(texts, out_dir, tok.vocab_size, tok.model_type, tok.max_training_chars)
     except DataError as err:
         if tally.failure is not None:  # the reader's own error (an unreadable file …)
             raise tally.failure from None
         # The whole source read and no text: say what the records were (bad JSON …), not just "empty".
-        raise (tally.no_documents_error(_source_name(cfg)) if tally.finished else None) or err from None
+        raise (tally.no_documents_error(source_name(cfg)) if tally.finished else None) or err from None
     finally:
         texts.close()  # stops the workers when the trainer had enough characters
 
@@ -325,70 +344,8 @@ def _build_tokenizer(cfg: PrepareConfig, settings: StageSettings, out_dir: Path,
 # ------------------------------------------------------------------------------------------ shards
 def _write_splits(cfg: PrepareConfig, settings: StageSettings, tokenizer: Tokenizer, root: Path,
                   report: ReportBuilder, progress: bool):
-    every = cfg.eval_every_nth_document
-    names = ["train", "eval"] if every else ["train"]
-    writers = {name: ShardWriter(root / name, name, tokenizer.vocab_size, cfg.shard_tokens) for name in names}
-    docs = {name: 0 for name in names}
-    dedup = Deduplicator(cfg.filters.dedup.exact, cfg.filters.dedup.near) if cfg.filters.enabled else None
-    skipped: Counter = Counter()
-    languages: Counter = Counter()
-    tally = RecordTally()
-    kept = 0
-    for result in _stream(cfg, settings, progress, "tokenizing"):
-        tally.add(result.kinds, result.where)
-        report.signal_counts(result.signals)
-        verdicts = dedup.decide(result.keys) if dedup is not None else [None] * len(result.candidates)
-        reasons = list(result.reasons)
-        for i, verdict in zip(result.candidates, verdicts):
-            reasons[i] = verdict
-        report.add_batch(result.kinds, result.where, result.hosts, result.langs, result.dates, result.chars,
-                         result.tokens, reasons, result.details,
-                         {result.candidates[k]: pii for k, pii in result.pii.items() if verdicts[k] is None})
-        skipped.update(kind for kind in result.kinds if kind != "doc")
-        survivors = [k for k, verdict in enumerate(verdicts) if verdict is None]  # among the candidates
-        if not survivors:
-            continue
-        languages.update(lang for lang in (result.langs[result.candidates[k]] for k in survivors)
-                         if isinstance(lang, str))
-        lengths = np.diff(result.ends, prepend=0)
-        survivors = np.asarray(survivors)
-        # Every n-th kept document (counted over the whole run) goes to the eval split.
-        to_eval = (kept + np.arange(len(survivors))) % every == every - 1 if every else np.zeros(len(survivors), bool)
-        for split, rows in (("train", survivors[~to_eval]), ("eval", survivors[to_eval])):
-            if not len(rows):
-                continue
-            if len(rows) == len(lengths):
-                tokens = result.flat
-            else:
-                wanted = np.zeros(len(lengths), dtype=bool)
-                wanted[rows] = True
-                tokens = result.flat[np.repeat(wanted, lengths)]
-            writers[split].add_documents(tokens, lengths[rows])
-            docs[split] += len(rows)
-        kept += len(survivors)
-    splits = {}
-    for name, writer in writers.items():
-        shards = writer.close()
-        splits[name] = {"docs": docs[name], "tokens": sum(s["tokens"] for s in shards), "shards": shards}
-    if docs["train"] == 0:
-        bad_input = tally.no_documents_error(_source_name(cfg))
-        if bad_input is not None:
-            raise bad_input
-        raise DataError(
-            f"source {cfg.source.type}:{cfg.source.path or ''} gave no training documents "
-            f"({report.read} read, {skipped['empty']} empty, {sum(skipped.values()) - skipped['empty']} bad, "
-            f"{report.read - sum(skipped.values())} removed by the filters); check source.path, "
-            f"source.text_field and the filters"
-        )
-    if every and docs["eval"] == 0:  # fewer documents than eval_every_nth_document
-        del splits["eval"]
-        shutil.rmtree(root / "eval", ignore_errors=True)
-    documents_info = {
-        "read": report.read,
-        "kept": kept,
-        "skipped": {"empty": skipped.pop("empty", 0), **dict(sorted(skipped.items()))},
-        "languages": dict(sorted(languages.items())),
-    }
-    if cfg.filters.enabled:
-        documents_info["removed"] = report.read - kept - sum(documents_info["skipped"].values())
-    return splits, documents_info
+    writer = SplitWriter(root, cfg.eval_every_nth_document, tokenizer.vocab_size, cfg.shard_tokens, report)
+    for result, verdicts in decided_batches(cfg, settings, progress, "tokenizing"):
+        writer.add(result, verdicts)
+    shards = writer.close()
+    return finish_splits(root, shards, writer.counts, report, source_name(cfg), cfg.filters.enabled)

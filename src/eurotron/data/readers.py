@@ -60,6 +60,27 @@ def iter_rows(source: SourceConfig) -> Iterator[Tuple[str, Any]]:
     raise DataError(f"source.type={source.type!r}: must be one of {', '.join(SOURCE_TYPES)}")
 
 
+def source_files(source: SourceConfig) -> List[Path]:
+    """The files `iter_rows(source)` reads, in its order (jsonl, parquet, demo); the staged prepare
+    slices a corpus by contiguous ranges of them, so the slices in order are the corpus in order."""
+    if source.type == "jsonl":
+        return _files(source, JSONL_SUFFIXES)
+    if source.type == "parquet":
+        return _files(source, PARQUET_SUFFIXES)
+    if source.type == "demo":
+        iter_rows(source)  # its missing-corpus error
+        return [DEMO_CORPUS]
+    raise DataError(f"source.type={source.type!r}: the staged prepare reads files (jsonl, parquet, demo); "
+                    f"write the dataset out as Parquet or JSONL files, or prepare it in one process")
+
+
+def iter_file_rows(source: SourceConfig, files: Sequence[Path]) -> Iterator[Tuple[str, Any]]:
+    """`iter_rows` over some of `source_files(source)` (a slice)."""
+    if source.type == "parquet":
+        return _parquet_rows(files, source.text_field)
+    return _jsonl_rows(files)
+
+
 class BadRecord(DataError):
     """One record cannot be read as a document; `kind` names why (for counting)."""
 

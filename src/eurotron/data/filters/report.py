@@ -81,6 +81,19 @@ class TopCounter:
         self.counts = dict(kept)
         self.approximate = True
 
+    def merge(self, later: "TopCounter") -> None:
+        counts = self.counts
+        for key, (docs, tokens) in later.counts.items():
+            entry = counts.get(key)
+            if entry is None:
+                counts[key] = [docs, tokens]
+            else:
+                entry[0] += docs
+                entry[1] += tokens
+        if len(counts) > 2 * self.capacity:
+            self._prune()
+        self.approximate = self.approximate or later.approximate
+
     def top(self, k: int = TOP_SHOWN) -> List[Dict[str, Any]]:
         ranked = sorted(self.counts.items(), key=lambda kv: (-kv[1][1], -kv[1][0], kv[0]))[:k]
         return [{"domain": key, "docs": docs, "tokens": tokens} for key, (docs, tokens) in ranked]
@@ -106,6 +119,14 @@ class _Period:
         self.first = first if self.first is None or first < self.first else self.first
         self.last = last if self.last is None or last > self.last else self.last
         self.by_year.update(d[:4] for d in valid)
+
+    def merge(self, later: "_Period") -> None:
+        for day in (later.first, later.last):
+            if day is not None:
+                self.first = day if self.first is None or day < self.first else self.first
+                self.last = day if self.last is None or day > self.last else self.last
+        self.by_year.update(later.by_year)
+        self.undated += later.undated
 
     def to_json(self) -> Dict[str, Any]:
         return {"first": self.first, "last": self.last, "by_year": dict(sorted(self.by_year.items())),
@@ -203,6 +224,34 @@ class ReportBuilder:
                 self.robots_agents.update(details[i] or ())
             elif details[i]:
                 self.details.setdefault(reason, Counter())[str(details[i])] += 1
+
+    def merge(self, later: "ReportBuilder") -> None:
+        """Add the counts of `later`, built over the documents that follow this one's in corpus order:
+        the result is what one builder fed both in order would hold (top-domain lists: exact up to
+        TOP_CAPACITY distinct hosts per part, as in one process)."""
+        self.read += later.read
+        self.empty += later.empty
+        self.bad.update(later.bad)
+        for kind, examples in later.bad_examples.items():
+            mine = self.bad_examples.setdefault(kind, [])
+            mine.extend(examples[:max(EXAMPLES_PER_KIND - len(mine), 0)])
+        for side in ("in", "out"):
+            self.totals[side] = [a + b for a, b in zip(self.totals[side], later.totals[side])]
+            self.languages[side].update(later.languages[side])
+            self.periods[side].merge(later.periods[side])
+        for reason, counts in later.removed.items():
+            mine = self.removed.setdefault(reason, [0, 0, 0])
+            self.removed[reason] = [a + b for a, b in zip(mine, counts)]
+            self.removed_domains.setdefault(reason, TopCounter()).merge(later.removed_domains[reason])
+        self.robots_agents.update(later.robots_agents)
+        for reason, counter in later.details.items():
+            self.details.setdefault(reason, Counter()).update(counter)
+        self.signals.update(later.signals)
+        self.pii.update(later.pii)
+        self.pii_docs += later.pii_docs
+        self.domains_out.merge(later.domains_out)
+        self.hosts_in.merge(later.hosts_in)
+        self.with_url += later.with_url
 
     def signal_counts(self, counts: Dict[str, int]) -> None:
         """Opt-out signals met (documents per robots.txt case, tdmrep.json status, URL kind)."""

@@ -54,6 +54,8 @@ class StageSettings:
     tokenizer_dir: Optional[str] = None
     # SentencePiece threads per encode call (None: the default; 1 in worker processes).
     encode_threads: Optional[int] = None
+    # False: no dedup keys (zeros), for a pass whose dedup decisions are already taken (staged tokenize).
+    dedup_keys: bool = True
 
 
 @dataclass
@@ -210,7 +212,11 @@ class Stage:
         kept_texts = [texts[i] for i in result.candidates]
         if self.pii is not None:
             kept_texts, result.pii = self.pii.scrub_batch(kept_texts)
-        result.keys = self._keys(kept_texts, bands)
+        if self.settings.dedup_keys:
+            result.keys = self._keys(kept_texts, bands)
+        else:
+            n = len(kept_texts)
+            result.keys = DedupKeys(np.zeros(n, np.uint64), np.zeros((n, bands), np.uint64), np.zeros(n, bool))
         if self.tokenizer is None:
             result.texts = kept_texts
         else:
