@@ -8,7 +8,6 @@ from typing import List, Optional
 from .cluster import ClusterConfig
 
 
-
 # ------------------------------------------------------------------------------------------- prepare
 @dataclass
 class SourceConfig:
