@@ -94,7 +94,9 @@ def test_the_layout_object_answers_from_the_functions():
     from eurotron.plan.layout import Layout
     from eurotron.plan.memory import estimate_memory
 
-    cfg, _ = compose_train(["experiment=meluxina_llama3_70b", "data.path=/d"])
+    cfg, _ = compose_train(["experiment=meluxina_llama3_70b", "data.path=/d", "parallel.tp=4", "parallel.pp=8",
+                            "parallel.dp_shard=8", "parallel.dp_replicate=1", "parallel.pp_schedule=interleaved_1f1b",
+                            "parallel.pp_virtual_stages=2", "data.micro_batch_size=1"])
     layout = Layout.from_config(cfg)
     assert (layout.world_size, layout.num_stages, layout.micro_batches) == (256, 16, 64)
     assert layout.schedule.torch_class == "Interleaved1F1B" and layout.stages_of(0) == [0, 8]
